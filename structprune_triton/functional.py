@@ -1,0 +1,93 @@
+"""Differentiable entry points: ``row_mask`` (the parametrization's arithmetic) and
+``bias_hook`` (the hook's), each choosing per call between
+
+* compiled (``torch.compiler.is_compiling()``): an ``autograd.Function`` whose forward and backward
+  call the opaque custom ops in ``ops.py``, so Dynamo records one op per call and never steps into
+  Triton;
+* eager, Triton: the same ``autograd.Function`` launching the kernels directly (no op dispatch);
+* eager, torch path: plain torch ops with native autograd (cheapest for small tensors and on CPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import torch_path
+from ._backend import HAS_TRITON
+from .layout import is_dense
+from .ops import kernels_take
+from .validate import check_bias, check_mask
+
+if HAS_TRITON:
+    from . import launch
+
+_ops = torch.ops.structprune_triton
+
+
+class _RowMask(torch.autograd.Function):
+    """``y = x * mask`` over dim 0; ``grad_x = grad * mask`` cast to ``x.dtype``; no mask grad."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(mask)
+        ctx.x_dtype = x.dtype
+        if torch.compiler.is_compiling():
+            return _ops.row_mask(x, mask)
+        return launch.row_mask(x, mask)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (mask,) = ctx.saved_tensors
+        if torch.compiler.is_compiling():
+            return _ops.row_mask_backward(grad, mask, ctx.x_dtype), None
+        return launch.row_mask(grad, mask, ctx.x_dtype), None
+
+
+def row_mask(x: Tensor, mask: Tensor) -> Tensor:
+    """Row-mask multiply over dim 0 with upstream's result dtype; dead rows are exactly zero."""
+    if torch.compiler.is_compiling():
+        return _RowMask.apply(x, mask)
+    check_mask(x, mask, 0)
+    if not kernels_take(x, x.dtype, torch.result_type(mask, x), for_eager=True):
+        return torch_path.row_mask(x, mask)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _RowMask.apply(x, mask)
+    return launch.row_mask(x, mask)
+
+
+class _BiasAdd(torch.autograd.Function):
+    """Functional ``out + bias'`` for compiled graphs; the gradient w.r.t. ``out`` is ``grad``."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+        return _ops.bias_add(out, bias, mask, dim, prune_bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None, None, None
+
+
+def bias_hook(output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+    """What ``BiasHook`` does to a module output: with ``prune_bias`` zero the dead entries of the
+    parameter ``bias`` in place (no host sync), then add it along ``dim``. ``bias`` gets no
+    gradient. Eager: ``output`` is updated in place and returned (as upstream); compiled: a new
+    tensor is returned (the graph stays functional)."""
+    dim = dim % output.dim() if output.dim() else dim
+    if torch.compiler.is_compiling():
+        if prune_bias:
+            with torch.no_grad():
+                bias.masked_fill_(~torch_path.keep(mask), 0)
+        return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
+    data = bias.data  # as upstream: no autograd, no version bump on the parameter
+    check_bias(output, data, mask, dim)
+    if is_dense(output) and kernels_take(
+        output, output.dtype, data.dtype, for_eager=True
+    ):
+        launch.bias_add(output, data, mask, dim, prune_bias, bias_out=data)
+        if output.requires_grad:
+            # out += c has gradient 1 w.r.t. out: autograd's graph is unchanged, but whoever saved
+            # `output` for backward must see that it changed, as with upstream's `output += bias`.
+            torch.autograd.graph.increment_version(output)
+        return output
+    return torch_path.bias_add_(output, data, mask, dim, prune_bias)

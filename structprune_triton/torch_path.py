@@ -1,0 +1,63 @@
+"""The pure-torch implementation of each op: used on CPU by default, for small CUDA tensors, for
+dtypes the kernels do not take, and when Triton is not installed.
+
+Semantics are the kernels' (and upstream's, but for one deliberate difference): a row whose mask is
+zero comes out exactly zero, even where the weight holds NaN/inf (upstream's ``mask * x`` gives NaN).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def row_view(v: Tensor, ndim: int, dim: int = 0) -> Tensor:
+    """``v`` (1-D) reshaped to broadcast along ``dim`` of an ``ndim``-D tensor."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return v.reshape(shape)
+
+
+def keep(mask: Tensor) -> Tensor:
+    """Boolean "row is live" of any mask dtype (a bool mask is returned as is)."""
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def row_mask(x: Tensor, mask: Tensor) -> Tensor:
+    """``mask[r] * x[r]`` with masked rows exactly zero; differentiable through torch autograd.
+
+    Result dtype is upstream's, ``torch.result_type(mask, x)``; strides are TensorIterator's.
+    """
+    m = row_view(mask, x.dim())
+    if mask.dtype == torch.bool:
+        return torch.where(m, x, 0)
+    return torch.where(m != 0, m * x, 0)
+
+
+def row_mask_into(x: Tensor, mask: Tensor, out: Tensor) -> Tensor:
+    """:func:`row_mask` written into ``out`` (its dtype decides the result dtype)."""
+    m = row_view(mask, x.dim())
+    zero = torch.zeros((), dtype=out.dtype, device=out.device)
+    if mask.dtype == torch.bool:
+        return torch.where(m, x.to(out.dtype), zero, out=out)
+    prod = m * x
+    return torch.where(m != 0, prod.to(out.dtype), zero, out=out)
+
+
+def masked_bias(bias: Tensor, mask: Tensor) -> Tensor:
+    """``bias`` with the entries of dead rows set to zero (a new tensor)."""
+    return torch.where(keep(mask), bias, 0)
+
+
+def bias_add_(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+    """Upstream's hook arithmetic in place: with ``prune_bias`` zero the dead entries of ``bias``
+    (in place, no host sync), then ``out += bias`` broadcast along ``dim``."""
+    if prune_bias:
+        bias.masked_fill_(~keep(mask), 0)
+    return out.add_(row_view(bias, out.dim(), dim))
+
+
+def bias_add_into(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, dst: Tensor) -> Tensor:
+    """Functional form of :func:`bias_add_`: ``bias`` is left alone, the sum goes to ``dst``."""
+    b = masked_bias(bias, mask) if prune_bias else bias
+    return torch.add(out, row_view(b, out.dim(), dim), out=dst)

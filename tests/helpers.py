@@ -1,0 +1,59 @@
+"""Shared test utilities: upstream reference, devices, NaN-filled buffers, tolerances."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch.ao.pruning._experimental.pruner import parametrization as upstream
+
+import structprune_triton
+from structprune_triton import _backend
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+# True when the tests exercise the Triton kernels (GPU, or CPU under the interpreter).
+KERNELS = _backend.HAS_TRITON and (ON_GPU or _backend.INTERPRET)
+
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+MASK_DTYPES = [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float32]
+
+UpstreamFSS = upstream.FakeStructuredSparsity
+UpstreamBiasHook = upstream.BiasHook
+
+
+def random_mask(n: int, dtype: torch.dtype = torch.bool, density: float = 0.5, *, device=DEVICE, soft=False) -> torch.Tensor:
+    """A mask of ``n`` rows with about ``density`` live; ``soft`` float masks scale rows."""
+    live = torch.rand(n, device=device) < density
+    if soft and dtype.is_floating_point:
+        return torch.where(live, torch.rand(n, device=device) + 0.5, 0).to(dtype)
+    return live.to(dtype)
+
+
+def nan_like(t: torch.Tensor) -> torch.Tensor:
+    """Same shape/strides/dtype, filled with NaN (or the max value for integer dtypes)."""
+    out = torch.empty_like(t)
+    return out.fill_(float("nan") if t.dtype.is_floating_point else torch.iinfo(t.dtype).max)
+
+
+def assert_same(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Exact equality of values (NaN == NaN), dtype, shape."""
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def bf16_ulp_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Within one bf16/fp16 ulp: the interpreter's fp32->bf16 cast rounds toward zero (torch rounds
+    to nearest even), so a non-exact product of a soft mask can differ by one ulp there."""
+    assert actual.dtype == expected.dtype
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=2 ** -7, atol=0, equal_nan=True)
+
+
+def layout_dims(t: torch.Tensor) -> list[tuple[int, int]]:
+    """(stride, size) of dims of size > 1, sorted: the memory format, independent of the
+    strides torch picks for size-1 dims."""
+    return sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1)
+
+
+__all__ = ["structprune_triton", "os"]
