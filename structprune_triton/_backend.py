@@ -12,14 +12,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
 
-HAS_TRITON: bool = importlib.util.find_spec("triton") is not None
+try:
+    import triton  # noqa: F401
+
+    HAS_TRITON = True
+except ImportError:  # no Triton (or not for this platform): the torch path serves every call
+    HAS_TRITON = False
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 # Below this many elements, auto mode on CUDA takes the torch path: a Triton launch from Python costs

@@ -30,6 +30,15 @@ def _tile(pid, R, B, BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
 
 
 @triton.jit
+def _narrow(y, ptr):
+    """``y`` cast to ``ptr``'s element type, through fp32 when narrowing fp64 (as torch's
+    double -> half/bfloat16 conversion does; the interpreter cannot cast fp64 to bf16 directly)."""
+    if ptr.dtype.element_ty != tl.float64:
+        y = y.to(tl.float32)
+    return y.to(ptr.dtype.element_ty)
+
+
+@triton.jit
 def row_mask_kernel(
     x_ptr,
     mask_ptr,
@@ -51,7 +60,7 @@ def row_mask_kernel(
     offs = base + rows[:, None] * B + cols[None, :]
     x = tl.load(x_ptr + offs, mask=in_bounds & live[:, None], other=0).to(COMPUTE)
     y = tl.where(live[:, None], x * m[:, None], 0.0)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(out_ptr + offs, _narrow(y, out_ptr), mask=in_bounds)
 
 
 @triton.jit
@@ -83,8 +92,8 @@ def bias_add_kernel(
         bias = tl.where(m != 0, bias, 0.0)
     if WRITE_BIAS:
         if first:
-            tl.store(bias_out_ptr + rows * bias_out_stride, bias.to(bias_out_ptr.dtype.element_ty), mask=row_ok)
+            tl.store(bias_out_ptr + rows * bias_out_stride, _narrow(bias, bias_out_ptr), mask=row_ok)
     in_bounds = row_ok[:, None] & (cols < B)[None, :]
     offs = base + rows[:, None] * B + cols[None, :]
     y = tl.load(src_ptr + offs, mask=in_bounds, other=0).to(COMPUTE) + bias[:, None]
-    tl.store(dst_ptr + offs, y.to(dst_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(dst_ptr + offs, _narrow(y, dst_ptr), mask=in_bounds)

@@ -48,7 +48,7 @@ def row_mask(x: Tensor, mask: Tensor, out_dtype: torch.dtype | None = None) -> T
     block_r, block_b, warps = _tiles(R, B, x.device)
     row_mask_kernel[_grid(A, R, B, block_r, block_b)](
         x, mask, out, R, B, mask.stride(0),
-        COMPUTE=_compute(out.dtype), BLOCK_R=block_r, BLOCK_B=block_b, num_warps=warps,
+        COMPUTE=_compute(out.dtype, x.dtype, mask.dtype), BLOCK_R=block_r, BLOCK_B=block_b, num_warps=warps,
     )
     return out
 

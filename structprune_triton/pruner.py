@@ -1,0 +1,201 @@
+"""Drop-in structured pruners: upstream's ``torch.ao.pruning._experimental.pruner`` classes,
+registering this package's :class:`~structprune_triton.parametrization.FakeStructuredSparsity`
+and :class:`~structprune_triton.parametrization.BiasHook`. Change one import::
+
+    # from torch.ao.pruning._experimental.pruner import SaliencyPruner
+    from structprune_triton.pruner import SaliencyPruner
+
+Every class here subclasses upstream's class of the same name (``isinstance(p,
+upstream.SaliencyPruner)`` holds), and our parametrization and hook subclass upstream's, so
+upstream's ``prune()`` patterns and prune functions, ``update_mask`` implementations, ``step``
+and ``squash_mask`` run unchanged. What is changed, and why:
+
+* ``_prepare`` is ours (same behaviour as upstream's, our classes as defaults).
+* ``load_state_dict`` is ours: upstream's looks for the *unstructured* ``FakeSparsity``, does not
+  find it on a structured pruner's model, registers a second (unstructured) parametrization and the
+  next forward fails; it also pops the masks out of the state dict it is given. Ours restores the
+  masks into the structured parametrizations and leaves its argument alone.
+* ``state_dict`` returns ``"state"`` as a plain dict (upstream: the live ``defaultdict``, which
+  ``torch.load(weights_only=True)``, the default, refuses to load).
+
+A model already prepared with upstream's pruner is sped up in place by :func:`accelerate`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.pruning._experimental import pruner as _upstream
+from torch.ao.pruning._experimental.pruner import parametrization as _upstream_param
+from torch.ao.pruning.sparsifier.utils import get_arg_info_from_tensor_fqn
+from torch.nn.utils import parametrize
+
+from .parametrization import BiasHook, FakeStructuredSparsity
+
+__all__ = [
+    "BaseStructuredSparsifier",
+    "SaliencyPruner",
+    "FPGMPruner",
+    "LSTMSaliencyPruner",
+    "accelerate",
+]
+
+# Modules that get a BiasHook: the same set as upstream's ``_prepare``.
+_BIAS_HOOK_MODULES = (nn.Linear, nn.Conv2d)
+
+
+class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
+    """Upstream's ``BaseStructuredSparsifier`` registering this package's parametrization and hook.
+
+    Subclass it and implement ``update_mask`` exactly as with upstream's base class. The classes
+    used by default are the class attributes ``parametrization_class`` and ``bias_hook_class``; a
+    group's config key ``"parametrization"`` still overrides the former, as upstream.
+    """
+
+    parametrization_class: type[nn.Module] = FakeStructuredSparsity
+    bias_hook_class: type = BiasHook
+
+    def _prepare(self, *args: Any, **kwargs: Any) -> None:
+        """Attach the mask parametrization to each group's tensor and, on ``nn.Linear`` /
+        ``nn.Conv2d``, move ``bias`` into a ``_bias`` Parameter (``module.bias = None``,
+        ``module.prune_bias`` from the config, default True) and register a bias hook reading the
+        mask of ``module.parametrizations.weight[0]``: upstream's behaviour, with our classes."""
+        for config in self.groups:
+            module = config["module"]
+            tensor_name = config["tensor_name"]
+            tensor = getattr(module, tensor_name)
+            mask = config.get("mask")
+            if mask is None:
+                mask = torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
+            self._attach(module, tensor_name, mask, config)
+            self.state[config["tensor_fqn"]]["mask"] = mask
+
+    def _attach(self, module: nn.Module, tensor_name: str, mask: torch.Tensor, config: dict[str, Any]) -> None:
+        """Parametrize ``module.<tensor_name>`` with ``mask`` and, for Linear/Conv2d, the bias hook."""
+        parametrization = config.get("parametrization", self.parametrization_class)
+        parametrize.register_parametrization(module, tensor_name, parametrization(mask))
+        if not isinstance(module, _BIAS_HOOK_MODULES):
+            return  # e.g. nn.LSTM: parametrization only, as upstream
+        prune_bias = config.get("prune_bias", True)
+        if module.bias is not None:
+            module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
+            module.bias = None
+            module.prune_bias = prune_bias
+        module.register_forward_hook(self.bias_hook_class(module.parametrizations.weight[0], prune_bias))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Upstream's ``{"state": ..., "groups": ...}`` (groups without module references), except
+        that ``"state"`` is a plain ``dict`` of per-tensor dict copies (the mask tensors themselves
+        are not copied) instead of the live ``defaultdict``: ``torch.load`` with its default
+        ``weights_only=True`` rejects a ``defaultdict``, and later steps no longer alter a saved
+        state dict's structure."""
+        sd = super().state_dict()
+        sd["state"] = {fqn: dict(s) for fqn, s in self.state.items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
+        """Restore groups and masks saved by :meth:`state_dict` into the prepared ``self.model``.
+
+        Each saved mask is copied (``clone``, moved to the tensor's device) into the tensor's
+        structured parametrization, which ``state[fqn]["mask"]`` then points at. A tensor that is
+        not parametrized yet is prepared with the saved mask (parametrization and bias hook, as
+        :meth:`prepare` would). ``state_dict`` itself is not modified. Upstream instead looks for an
+        unstructured ``FakeSparsity``, which breaks the model (see the module docstring).
+        """
+        groups = copy.deepcopy(state_dict["groups"])
+        states: dict[str, dict[str, Any]] = {}
+        for tensor_fqn, saved in state_dict["state"].items():
+            arg_info = get_arg_info_from_tensor_fqn(self.model, tensor_fqn)
+            module = arg_info["module"]
+            if module is None:
+                if strict:
+                    raise RuntimeError(f"Error loading {tensor_fqn} into the model")
+                continue
+            tensor_name = arg_info["tensor_name"]
+            state = dict(saved)
+            mask = state.get("mask")
+            param = _structured_param(module, tensor_name)
+            if mask is not None:
+                device = getattr(module, tensor_name).device
+                mask = mask.detach().clone().to(device)
+                if param is None:
+                    config = next((g for g in groups if g["tensor_fqn"] == tensor_fqn), {})
+                    self._attach(module, tensor_name, mask, config)
+                else:
+                    param.mask = mask
+                state["mask"] = mask
+            elif param is not None:
+                state["mask"] = param.mask
+            states[tensor_fqn] = state
+        for group in groups:
+            arg_info = get_arg_info_from_tensor_fqn(self.model, group["tensor_fqn"])
+            if arg_info["module"] is not None:
+                group.update(arg_info)
+        self.state.clear()
+        self.state.update(states)
+        self.groups = groups
+
+
+def _structured_param(module: nn.Module, tensor_name: str) -> nn.Module | None:
+    """The first structured-mask parametrization (upstream's class or ours) of a tensor, or None."""
+    if not parametrize.is_parametrized(module, tensor_name):
+        return None
+    for p in module.parametrizations[tensor_name]:
+        if isinstance(p, _upstream_param.FakeStructuredSparsity):
+            return p
+    return None
+
+
+class SaliencyPruner(BaseStructuredSparsifier, _upstream.SaliencyPruner):
+    """Upstream's ``SaliencyPruner`` (L1-norm row saliency, ``update_mask`` unchanged) with this
+    package's parametrization and bias hook."""
+
+
+class FPGMPruner(BaseStructuredSparsifier, _upstream.FPGMPruner):
+    """Upstream's ``FPGMPruner`` (geometric-median filter pruning; constructor and ``update_mask``
+    unchanged) with this package's parametrization and bias hook."""
+
+
+class LSTMSaliencyPruner(BaseStructuredSparsifier, _upstream.LSTMSaliencyPruner):
+    """Upstream's ``LSTMSaliencyPruner`` (per-gate saliency on packed LSTM weights) with this
+    package's parametrization; LSTM modules get no bias hook, as upstream."""
+
+
+def accelerate(model: nn.Module) -> nn.Module:
+    """Swap upstream's structured-pruning parametrizations and bias hooks for ours, in place.
+
+    For a model already prepared by an upstream pruner (``torch.ao.pruning._experimental.pruner``)::
+
+        pruner = torch.ao.pruning._experimental.pruner.SaliencyPruner({"sparsity_level": 0.5})
+        pruner.prepare(model, config)
+        structprune_triton.pruner.accelerate(model)   # then train, pruner.step(), pruner.prune()
+
+    Every parametrization whose type is exactly upstream's ``FakeStructuredSparsity`` is replaced by
+    ours at the same position, holding the *same* mask tensor object (the pruner's
+    ``state[fqn]["mask"]`` and its ``update_mask`` keep working); every forward hook whose type is
+    exactly upstream's ``BiasHook`` is replaced by ours under the same hook id (its handle still
+    removes it; order is kept), pointing at the new parametrization. Subclasses of upstream's classes
+    (custom parametrizations, ours) are left alone, so calling ``accelerate`` again changes nothing.
+    Returns ``model``.
+    """
+    swapped: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(old) -> (old kept alive, new)
+    for module in model.modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for plist in module.parametrizations.values():
+            for i, p in enumerate(plist):
+                if type(p) is _upstream_param.FakeStructuredSparsity:
+                    new = FakeStructuredSparsity(p.mask)
+                    new.train(p.training)
+                    plist[i] = new
+                    swapped[id(p)] = (p, new)
+    for module in model.modules():
+        hooks = module._forward_hooks
+        for key, hook in list(hooks.items()):
+            if type(hook) is _upstream_param.BiasHook:
+                param = swapped[id(hook.param)][1] if id(hook.param) in swapped else hook.param
+                hooks[key] = BiasHook(param, hook.prune_bias)
+    return model

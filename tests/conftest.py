@@ -1,0 +1,35 @@
+"""Fixtures shared by the tests: backend selection and NaN-filled kernel outputs."""
+
+import pytest
+
+import structprune_triton
+from structprune_triton import layout
+
+from .helpers import KERNELS, nan_out_like
+
+BACKENDS = (["triton"] if KERNELS else []) + ["torch"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """Run the test once per available backend: the Triton kernels (GPU, or the interpreter on
+    CPU) and the torch path. Kernel outputs are allocated NaN-filled."""
+    monkeypatch.setattr(layout, "out_like", nan_out_like)
+    for mod in ("launch", "ops"):
+        m = getattr(structprune_triton, mod, None)
+        if m is not None and hasattr(m, "out_like"):
+            monkeypatch.setattr(m, "out_like", nan_out_like)
+    structprune_triton.set_backend(request.param)
+    yield request.param
+    structprune_triton.set_backend("auto")
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    """Tiny tiles so that small test shapes span many programs and partial tiles."""
+    if not KERNELS:
+        pytest.skip("no Triton kernels on this machine")
+    from structprune_triton import launch
+
+    monkeypatch.setattr(launch, "INTERPRETER_TILE", 8)
+    monkeypatch.setattr(launch, "GPU_TILE", 8)

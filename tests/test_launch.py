@@ -1,0 +1,141 @@
+"""Kernel layer: the launchers in ``structprune_triton.launch`` against float64 references,
+across layouts, tile boundaries and dtypes. Runs the Triton kernels (interpreter on CPU)."""
+
+import pytest
+import torch
+
+from structprune_triton.layout import dense_3d, is_dense
+
+from .helpers import DEVICE, FLOAT_DTYPES, KERNELS, assert_kernel_equal, random_mask
+
+pytestmark = pytest.mark.skipif(not KERNELS, reason="Triton not installed")
+
+
+def reference_row_mask(x, mask, dtype):
+    m = mask.double().reshape([-1] + [1] * (x.dim() - 1))
+    return torch.where(m != 0, x.double() * m, 0).to(dtype)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(6, 5, 4, 3),
+        lambda: torch.randn(6, 5, 4, 3).to(memory_format=torch.channels_last),
+        lambda: torch.randn(5, 6).t(),
+        lambda: torch.randn(3, 4, 5).permute(1, 2, 0),
+        lambda: torch.randn(4, 1, 3),
+        lambda: torch.randn(1, 7),
+    ],
+    ids=["contiguous", "channels_last", "transposed", "permuted", "size1", "one-row"],
+)
+def test_dense_3d_addresses_every_element(make):
+    """(A, R, B) maps (a, r, b) to a*R*B + r*B + b: check against the tensor's own indexing."""
+    x = make()
+    assert is_dense(x)
+    flat = x.as_strided((x.numel(),), (1,))  # memory order from the data pointer
+    A, R, B = dense_3d(x, 0)
+    assert A * R * B == x.numel()
+    row_of_slot = torch.empty(x.numel(), dtype=torch.long)
+    idx = torch.arange(x.shape[0]).reshape([-1] + [1] * (x.dim() - 1)).expand(x.shape)
+    row_of_slot.as_strided(x.shape, x.stride()).copy_(idx)
+    expected = torch.arange(R).repeat_interleave(B).repeat(A) if R > 1 else torch.zeros(x.numel(), dtype=torch.long)
+    assert torch.equal(row_of_slot, expected)
+    assert flat.numel() == x.numel()
+
+
+def test_is_dense_rejects_gaps_and_overlaps():
+    assert not is_dense(torch.randn(4, 6)[:, ::2])
+    assert not is_dense(torch.randn(4, 1).expand(4, 5))
+    assert is_dense(torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("shape", [(37, 19), (5, 3, 7), (9,), (3, 5, 2, 3)])
+@pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
+def test_row_mask_many_tiles(small_tiles, dtype, shape, mask_dtype):
+    from structprune_triton import launch
+
+    x = torch.randn(shape, device=DEVICE).to(dtype)
+    mask = random_mask(shape[0], mask_dtype, 0.6, soft=False)
+    out = launch.row_mask(x, mask)
+    assert torch.equal(out, reference_row_mask(x, mask, torch.result_type(mask, x)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("dim_layout", ["linear", "conv", "conv_cl", "btc"])
+@pytest.mark.parametrize("prune_bias", [True, False])
+def test_bias_add_many_tiles(small_tiles, dtype, dim_layout, prune_bias):
+    """In place and into a NaN-filled destination; the fused in-place bias write hits every entry once."""
+    from structprune_triton import launch
+
+    shapes = {"linear": ((13, 11), 1), "conv": ((3, 11, 5, 3), 1), "conv_cl": ((3, 11, 5, 3), 1), "btc": ((2, 5, 11), 2)}
+    shape, dim = shapes[dim_layout]
+    out = torch.randn(shape, device=DEVICE).to(dtype)
+    if dim_layout == "conv_cl":
+        out = out.to(memory_format=torch.channels_last)
+    bias = torch.randn(shape[dim], device=DEVICE).to(dtype)
+    mask = random_mask(shape[dim], torch.bool, 0.5)
+    b_ref = torch.where(mask, bias, 0) if prune_bias else bias
+    view = [1] * out.dim()
+    view[dim] = -1
+    expected = (out.double() + b_ref.double().reshape(view)).to(dtype)
+
+    dst = torch.full_like(out, float("nan"))
+    launch.bias_add(out, bias, mask, dim, prune_bias, dst=dst)
+    assert_kernel_equal(dst, expected)
+
+    bias_out = torch.full_like(bias, float("nan"))
+    got = launch.bias_add(out, bias, mask, dim, prune_bias, bias_out=bias_out)
+    assert got is out
+    assert_kernel_equal(out, expected)
+    if prune_bias:
+        assert torch.equal(bias_out, b_ref)
+    else:
+        assert bias_out.isnan().all()  # nothing to write when the bias is not pruned
+
+
+def test_row_mask_skips_nan_rows_and_non_dense_input(small_tiles):
+    from structprune_triton import launch
+
+    x = torch.randn(8, 12, device=DEVICE)
+    x[1] = float("nan")
+    x[2, 3] = float("inf")
+    mask = torch.tensor([1, 0, 0, 1, 1, 0, 1, 1], dtype=torch.bool, device=DEVICE)
+    out = launch.row_mask(x[:, ::2], mask)
+    assert torch.equal(out, torch.where(mask[:, None], x[:, ::2], 0))
+    assert out.is_contiguous()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_mask_backward_dtype(small_tiles, dtype):
+    """The backward launch casts grad*mask (computed in fp32) to the weight's dtype."""
+    from structprune_triton import launch
+
+    g = torch.randn(9, 7, device=DEVICE)
+    mask = random_mask(9, torch.float32, 0.7, soft=True)
+    out = launch.row_mask(g, mask, dtype)
+    expected = torch.where(mask[:, None] != 0, g * mask[:, None], 0).to(dtype)
+    assert out.dtype == dtype
+    assert_kernel_equal(out, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU with ~20 GB free")
+def test_row_mask_past_int32_offsets():
+    """2**31 + some elements: offsets past int32 must not wrap."""
+    from structprune_triton import launch
+
+    R, C = 2**16 + 3, 2**15 + 5  # 2.15e9 elements
+    x = torch.ones(R, C, dtype=torch.bfloat16, device="cuda")
+    x[-1] = 3
+    mask = torch.ones(R, dtype=torch.bool, device="cuda")
+    mask[1::2] = False
+    out = launch.row_mask(x, mask)
+    expected_rows = torch.where(mask, 1.0, 0.0).to(torch.bfloat16)
+    expected_rows[-1] = 3 if mask[-1] else 0
+    assert torch.equal(out[:, 0], expected_rows) and torch.equal(out[:, -1], expected_rows)
+    assert torch.equal(out.float().sum(1), expected_rows.float() * C)
+    del out
+    torch.cuda.empty_cache()
+    launch.bias_add(x, torch.ones(C, dtype=torch.bfloat16, device="cuda"), torch.ones(C, dtype=torch.bool, device="cuda"), 1, False)
+    assert x[-1, -1].item() == 4 and x[0, 0].item() == 2
