@@ -1,0 +1,176 @@
+"""torch.compile(fullgraph=True): no graph breaks, results equal eager, no recompiles when masks
+change in place or the batch size changes; upstream fails where we compile; torch.export works.
+
+On CPU the kernels run under the Triton interpreter inside opaque custom ops; compiled output and
+gradients are compared bitwise with eager (inductor keeps fp32 matmuls as extern calls and the
+pointwise ops we add are exact)."""
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch.nn.utils import parametrize
+
+import structprune_triton
+from structprune_triton import BiasHook, FakeStructuredSparsity
+
+from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, random_mask
+
+
+def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True, seed=0):
+    """Parametrize every Linear/Conv weight and move its bias behind a hook, as upstream's pruner."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            mask = (torch.rand(m.weight.shape[0], generator=g) < 0.6).to(DEVICE)
+            parametrize.register_parametrization(m, "weight", param_cls(mask))
+            if m.bias is not None:
+                m.register_parameter("_bias", nn.Parameter(m.bias.detach()))
+                m.bias = None
+                m.prune_bias = prune_bias
+            m.register_forward_hook(hook_cls(m.parametrizations.weight[0], prune_bias))
+    return model
+
+
+def mlp():
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.c3 = nn.Conv1d(8, 6, 3, padding=1)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        x = x.mean(dim=3)  # (N, C, H) for the Conv1d
+        x = torch.relu(self.c3(x)).mean(dim=2)
+        return self.fc(x)
+
+
+MODELS = {"mlp": (mlp, (4, 12)), "cnn": (SmallCNN, (2, 3, 6, 6))}
+
+
+def run(model, x):
+    """Output and every parameter gradient (None stays None) of one forward/backward."""
+    for p in model.parameters():
+        p.grad = None
+    out = model(x)
+    out.square().sum().backward()
+    return out.detach(), {n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters()}
+
+
+def assert_bitwise(a, b):
+    out_a, grads_a = a
+    out_b, grads_b = b
+    assert torch.equal(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        if grads_a[name] is None or grads_b[name] is None:
+            assert grads_a[name] is None and grads_b[name] is None, name
+        else:
+            assert torch.equal(grads_a[name], grads_b[name]), name
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_fullgraph_equals_eager_and_never_recompiles(kind, compile_backend):
+    torch._dynamo.reset()
+    make, shape = MODELS[kind]
+    torch.manual_seed(0)
+    model = prepare(make().to(DEVICE))
+    compiled = torch.compile(model, backend=compile_backend, fullgraph=True, dynamic=True)
+    x = torch.randn(shape, device=DEVICE)
+    assert_bitwise(run(compiled, x), run(model, x))
+    # _bias never gets a gradient (upstream's hook reads .data)
+    assert all(p.grad is None for n, p in model.named_parameters() if n.endswith("_bias"))
+
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for m in model.modules():  # a pruner's step(): masks edited in place
+            if parametrize.is_parametrized(m):
+                m.parametrizations.weight[0].mask[0] = False
+        assert_bitwise(run(compiled, x), run(model, x))
+        x2 = torch.randn((shape[0] + 3,) + shape[1:], device=DEVICE)  # a new batch size
+        assert_bitwise(run(compiled, x2), run(model, x2))
+
+
+def test_no_graph_breaks_and_ops_in_graph():
+    torch._dynamo.reset()
+    model = prepare(SmallCNN().to(DEVICE))
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+    assert explanation.graph_count == 1
+    code = "\n".join(m.code for g in explanation.graphs for m in g.modules() if hasattr(m, "code"))
+    assert "torch.ops.structprune_triton.row_mask.default" in code
+    assert "torch.ops.structprune_triton.row_mask_backward.default" in code
+    assert "torch.ops.structprune_triton.bias_add.default" in code
+
+
+def test_upstream_fails_fullgraph_where_we_compile():
+    """The README's claim: upstream's parametrization/hook cannot compile with fullgraph."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    base = mlp().to(DEVICE)
+    x = torch.randn(4, 12, device=DEVICE)
+    upstream = prepare(copy.deepcopy(base), UpstreamFSS, UpstreamBiasHook)
+    with pytest.raises(Exception, match="(?i)skip|inline"):
+        torch.compile(upstream, backend="aot_eager", fullgraph=True)(x)
+    torch._dynamo.reset()
+    ours = prepare(copy.deepcopy(base))
+    out = torch.compile(ours, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(out, upstream(x), rtol=0, atol=0)
+
+
+def test_bf16_inductor_matches_eager_with_emulated_casts():
+    """Inductor on CPU keeps bf16 intermediates in fp32 unless told to emulate eager's casts."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = prepare(mlp().to(DEVICE, torch.bfloat16))
+    x = torch.randn(4, 12, device=DEVICE, dtype=torch.bfloat16)
+    with torch._inductor.config.patch(emulate_precision_casts=True):
+        compiled = torch.compile(model, backend="inductor", fullgraph=True)
+        assert_bitwise(run(compiled, x), run(model, x))
+
+
+def test_compiled_torch_backend():
+    """The op's torch path (CPU without the interpreter) compiles and equals eager as well."""
+    torch._dynamo.reset()
+    structprune_triton.set_backend("torch")
+    try:
+        model = prepare(mlp().to(DEVICE))
+        x = torch.randn(4, 12, device=DEVICE)
+        assert_bitwise(run(torch.compile(model, backend="aot_eager", fullgraph=True), x), run(model, x))
+    finally:
+        structprune_triton.set_backend("auto")
+
+
+def test_export_contains_package_ops():
+    torch.manual_seed(0)
+    model = prepare(mlp().to(DEVICE)).eval()
+    x = torch.randn(4, 12, device=DEVICE)
+    program = torch.export.export(model, (x,))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("structprune_triton.row_mask" in t for t in targets), targets
+    assert any("structprune_triton.bias_add" in t for t in targets), targets
+    torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_gpu_inductor_modes(mode):
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = prepare(SmallCNN().cuda())
+    compiled = torch.compile(model, mode=mode, fullgraph=True)
+    x = torch.randn(2, 3, 6, 6, device="cuda")
+    for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up runs
+        got = run(compiled, x)
+    assert_bitwise(got, run(model, x))
