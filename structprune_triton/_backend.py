@@ -55,23 +55,19 @@ KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def use_triton(t: torch.Tensor, *, for_eager: bool = False) -> bool:
-    """True when the Triton kernels should handle tensor ``t`` (its device, dtype and size).
+    """True when the Triton kernels should handle tensor ``t`` (its device and size).
 
-    ``for_eager`` applies the small-tensor threshold: it is a per-call cost on the host, so it only
-    matters outside a compiled graph.
+    ``for_eager`` applies the small-tensor threshold of auto mode: it is a per-call host cost, so
+    it only matters outside a compiled graph. Kept cheap: it runs on every eager call.
     """
     if _backend == "torch" or not HAS_TRITON:
         return False
-    on_cuda = t.device.type == "cuda"
-    on_cpu = t.device.type == "cpu"
-    if _backend == "triton":
-        if on_cpu and not INTERPRET:
-            raise RuntimeError(
-                "STRUCTPRUNE_BACKEND=triton on a CPU tensor needs TRITON_INTERPRET=1 "
-                "set before triton is imported"
-            )
-        return on_cuda or on_cpu
-    # auto
-    if on_cuda:
-        return not (for_eager and t.numel() < TRITON_MIN_NUMEL)
-    return on_cpu and INTERPRET
+    if t.is_cuda:
+        return _backend == "triton" or not for_eager or t.numel() >= TRITON_MIN_NUMEL
+    if t.device.type != "cpu":
+        return False
+    if _backend == "triton" and not INTERPRET:
+        raise RuntimeError(
+            "STRUCTPRUNE_BACKEND=triton on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported"
+        )
+    return INTERPRET

@@ -23,11 +23,46 @@ def keep(mask: Tensor) -> Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
+# Integer dtype of the same width, to zero rows with a bitwise AND: one vectorised pass, exact
+# zeros even over NaN/inf. (On CPU ``torch.where`` is several times slower than ``mask * x``.)
+_SAME_WIDTH_INT = {
+    torch.float32: torch.int32,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.float64: torch.int64,
+}
+
+
+def and_bits(t: Tensor, mask: Tensor) -> Tensor:
+    """``t`` with the rows (dim 0) where the bool ``mask`` is False set to +0.0, bit-exact
+    elsewhere. ``-int8(True)`` is all ones, and sign-extends to the width of ``t``'s integer view."""
+    bits = row_view(mask.view(torch.int8).neg(), t.dim())
+    return (t.view(_SAME_WIDTH_INT[t.dtype]) & bits).view(t.dtype)
+
+
+class _AndBits(torch.autograd.Function):
+    """:func:`and_bits` with its gradient (the same row zeroing applied to ``grad``)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(mask)
+        return and_bits(x, mask)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (mask,) = ctx.saved_tensors
+        return and_bits(grad, mask), None
+
+
 def row_mask(x: Tensor, mask: Tensor) -> Tensor:
     """``mask[r] * x[r]`` with masked rows exactly zero; differentiable through torch autograd.
 
     Result dtype is upstream's, ``torch.result_type(mask, x)``; strides are TensorIterator's.
     """
+    if mask.dtype == torch.bool and x.dtype in _SAME_WIDTH_INT:
+        if x.requires_grad and torch.is_grad_enabled():
+            return _AndBits.apply(x, mask)
+        return and_bits(x, mask)
     m = row_view(mask, x.dim())
     if mask.dtype == torch.bool:
         return torch.where(m, x, 0)
