@@ -41,6 +41,8 @@ class _RowMask(torch.autograd.Function):
         (mask,) = ctx.saved_tensors
         if torch.compiler.is_compiling():
             return _ops.row_mask_backward(grad, mask, ctx.x_dtype), None
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable too
+            return _RowMask.apply(grad, mask).to(ctx.x_dtype), None
         return launch.row_mask(grad, mask, ctx.x_dtype), None
 
 

@@ -41,11 +41,15 @@ def row_mask_impl(x: Tensor, mask: Tensor, out_dtype: torch.dtype) -> Tensor:
 
 @torch.library.custom_op("structprune_triton::row_mask", mutates_args=())
 def row_mask(x: Tensor, mask: Tensor) -> Tensor:
+    check_mask(x, mask, 0)
     return row_mask_impl(x, mask, torch.result_type(mask, x))
 
 
+# The fake impls validate too: a real tensor with a meta mask is dispatched to them, and must fail
+# there rather than return uninitialised memory.
 @row_mask.register_fake
 def _row_mask_fake(x: Tensor, mask: Tensor) -> Tensor:
+    check_mask(x, mask, 0)
     return out_like(x, torch.result_type(mask, x))
 
 
@@ -56,6 +60,7 @@ def row_mask_backward(grad: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 @row_mask_backward.register_fake
 def _row_mask_backward_fake(grad: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    check_mask(grad, mask, 0)
     return out_like(grad, dtype)
 
 
@@ -74,4 +79,5 @@ def bias_add(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool
 
 @bias_add.register_fake
 def _bias_add_fake(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+    check_bias(out, bias, mask, dim)
     return out_like(out, out.dtype)

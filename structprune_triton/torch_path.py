@@ -51,6 +51,8 @@ class _AndBits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         (mask,) = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: keep the gradient differentiable
+            return _AndBits.apply(grad, mask), None
         return and_bits(grad, mask), None
 
 
