@@ -8,6 +8,7 @@ from . import ops  # noqa: F401  (registers torch.ops.structprune_triton.*)
 from ._backend import get_backend, set_backend
 from .functional import bias_hook, row_mask
 from .parametrization import BiasHook, FakeStructuredSparsity, module_contains_param
+from .pruner import accelerate
 
 __version__ = "0.1.0"
 
@@ -17,6 +18,7 @@ __all__ = [
     "module_contains_param",
     "row_mask",
     "bias_hook",
+    "accelerate",
     "set_backend",
     "get_backend",
 ]
