@@ -378,12 +378,9 @@ def randn(shape, dtype) -> torch.Tensor:
 
 def ours_path(t: torch.Tensor, compiled: bool) -> str:
     """Which implementation structprune_triton runs for ``t``: "triton" or "torch"."""
-    try:
-        from structprune_triton.ops import kernels_take
+    from structprune_triton._backend import kernel_dtypes, use_triton
 
-        return "triton" if kernels_take(t, t.dtype, for_eager=not compiled) else "torch"
-    except (ImportError, AttributeError, TypeError):  # the package's internals moved: say so
-        return "unknown"
+    return "triton" if use_triton(t, for_eager=not compiled) and kernel_dtypes(t.dtype) else "torch"
 
 
 def nbytes(t: torch.Tensor) -> int:

@@ -54,6 +54,11 @@ set_backend(os.environ.get("STRUCTPRUNE_BACKEND", "auto").strip().lower() or "au
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+def kernel_dtypes(*dtypes: torch.dtype) -> bool:
+    """True if the Triton kernels take every one of ``dtypes`` (other dtypes run the torch path)."""
+    return all(d in KERNEL_DTYPES for d in dtypes)
+
+
 def use_triton(t: torch.Tensor, *, for_eager: bool = False) -> bool:
     """True when the Triton kernels should handle tensor ``t`` (its device and size).
 

@@ -14,9 +14,8 @@ import torch
 from torch import Tensor
 
 from . import torch_path
-from ._backend import HAS_TRITON
+from ._backend import HAS_TRITON, kernel_dtypes, use_triton
 from .layout import is_dense
-from .ops import kernels_take
 from .validate import check_bias, check_mask
 
 if HAS_TRITON:
@@ -47,11 +46,12 @@ class _RowMask(torch.autograd.Function):
 
 
 def row_mask(x: Tensor, mask: Tensor) -> Tensor:
-    """Row-mask multiply over dim 0 with upstream's result dtype; dead rows are exactly zero."""
+    """Row-mask multiply over dim 0 with upstream's result dtype; dead rows are exactly zero.
+    Validates its input first (upstream's exception types, see ``validate.py``)."""
+    check_mask(x, mask, 0)
     if torch.compiler.is_compiling():
         return _RowMask.apply(x, mask)
-    check_mask(x, mask, 0)
-    if not kernels_take(x, x.dtype, torch.result_type(mask, x), for_eager=True):
+    if not (use_triton(x, for_eager=True) and kernel_dtypes(x.dtype, torch.result_type(mask, x))):
         return torch_path.row_mask(x, mask)
     if x.requires_grad and torch.is_grad_enabled():
         return _RowMask.apply(x, mask)
@@ -83,9 +83,7 @@ def bias_hook(output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: 
         return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
     data = bias.data  # as upstream: no autograd, no version bump on the parameter
     check_bias(output, data, mask, dim)
-    if is_dense(output) and kernels_take(
-        output, output.dtype, data.dtype, for_eager=True
-    ):
+    if use_triton(output, for_eager=True) and kernel_dtypes(output.dtype, data.dtype) and is_dense(output):
         launch.bias_add(output, data, mask, dim, prune_bias, bias_out=data)
         if output.requires_grad:
             # out += c has gradient 1 w.r.t. out: autograd's graph is unchanged, but whoever saved

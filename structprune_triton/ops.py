@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import torch_path
-from ._backend import HAS_TRITON, KERNEL_DTYPES, use_triton
+from ._backend import HAS_TRITON, kernel_dtypes, use_triton
 from .layout import is_dense, out_like
 from .validate import check_bias, check_mask
 
@@ -26,15 +26,10 @@ if HAS_TRITON:
     from . import launch
 
 
-def kernels_take(t: Tensor, *dtypes: torch.dtype, for_eager: bool = False) -> bool:
-    """True when the Triton kernels handle tensor ``t`` (its device, size) with these dtypes."""
-    return all(d in KERNEL_DTYPES for d in dtypes) and use_triton(t, for_eager=for_eager)
-
-
 def row_mask_impl(x: Tensor, mask: Tensor, out_dtype: torch.dtype) -> Tensor:
     """Validated ``row_mask`` into a fresh tensor laid out like ``x``, by kernel or torch path."""
     check_mask(x, mask, 0)
-    if kernels_take(x, x.dtype, out_dtype):
+    if use_triton(x) and kernel_dtypes(x.dtype, out_dtype):
         return launch.row_mask(x, mask, out_dtype)
     return torch_path.row_mask_into(x, mask, out_like(x, out_dtype))
 
@@ -67,7 +62,7 @@ def _row_mask_backward_fake(grad: Tensor, mask: Tensor, dtype: torch.dtype) -> T
 def bias_add_impl(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
     check_bias(out, bias, mask, dim)
     dst = out_like(out, out.dtype)
-    if is_dense(out) and kernels_take(out, out.dtype, bias.dtype):
+    if use_triton(out) and kernel_dtypes(out.dtype, bias.dtype) and is_dense(out):
         return launch.bias_add(out, bias, mask, dim, prune_bias, dst=dst)
     return torch_path.bias_add_into(out, bias, mask, dim, prune_bias, dst)
 

@@ -40,14 +40,8 @@ class FakeStructuredSparsity(_upstream.FakeStructuredSparsity):
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        mask = self.mask
-        if not isinstance(mask, Tensor):
-            raise AssertionError("mask must be a torch.Tensor")
-        if x.dim() == 0:
-            raise IndexError("FakeStructuredSparsity masks dim 0: got a 0-d (scalar) tensor")
-        if mask.shape[0] != x.shape[0]:
-            raise AssertionError(f"mask shape[0] ({mask.shape[0]}) must match x shape[0] ({x.shape[0]})")
-        return row_mask(x, mask)
+        # row_mask validates as upstream's forward does (same checks, order and exception types)
+        return row_mask(x, self.mask)
 
 
 def bias_dim(module: nn.Module, output: Tensor) -> int:

@@ -40,6 +40,14 @@ def and_bits(t: Tensor, mask: Tensor) -> Tensor:
     return (t.view(_SAME_WIDTH_INT[t.dtype]) & bits).view(t.dtype)
 
 
+# Below these sizes one native ``torch.where`` (no Python autograd.Function, fewer small ops) is
+# cheaper than the bitwise AND on CPU; above, the vectorised AND wins. Measured on the 2-core CPU
+# machine, 1 thread (bench/NOTES.md): without grad where/AND cross near 4K elements, with grad
+# (where's native backward vs the Function's Python overhead) near 64K-256K.
+WHERE_MAX_NUMEL = 1 << 12
+WHERE_MAX_NUMEL_GRAD = 1 << 16
+
+
 class _AndBits(torch.autograd.Function):
     """:func:`and_bits` with its gradient (the same row zeroing applied to ``grad``)."""
 
@@ -62,9 +70,9 @@ def row_mask(x: Tensor, mask: Tensor) -> Tensor:
     Result dtype is upstream's, ``torch.result_type(mask, x)``; strides are TensorIterator's.
     """
     if mask.dtype == torch.bool and x.dtype in _SAME_WIDTH_INT:
-        if x.requires_grad and torch.is_grad_enabled():
-            return _AndBits.apply(x, mask)
-        return and_bits(x, mask)
+        grad = x.requires_grad and torch.is_grad_enabled()
+        if x.numel() >= (WHERE_MAX_NUMEL_GRAD if grad else WHERE_MAX_NUMEL):
+            return _AndBits.apply(x, mask) if grad else and_bits(x, mask)
     m = row_view(mask, x.dim())
     if mask.dtype == torch.bool:
         return torch.where(m, x, 0)
