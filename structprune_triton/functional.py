@@ -1,9 +1,11 @@
 """Differentiable entry points: ``row_mask`` (the parametrization's arithmetic) and
 ``bias_hook`` (the hook's), each choosing per call between
 
-* compiled (``torch.compiler.is_compiling()``): an ``autograd.Function`` whose forward and backward
-  call the opaque custom ops in ``ops.py``, so Dynamo records one op per call and never steps into
-  Triton;
+* compiled (``torch.compiler.is_compiling()``), Triton: an ``autograd.Function`` whose forward and
+  backward call the opaque custom ops in ``ops.py``, so Dynamo records one op per call and never
+  steps into Triton;
+* compiled, torch path (CPU without the interpreter): plain torch ops that Inductor fuses into its
+  own kernels (an opaque op would hide them from it);
 * eager, Triton: the same ``autograd.Function`` launching the kernels directly (no op dispatch);
 * eager, torch path: plain torch ops with native autograd (cheapest for small tensors and on CPU).
 """
@@ -50,8 +52,10 @@ def row_mask(x: Tensor, mask: Tensor) -> Tensor:
     Validates its input first (upstream's exception types, see ``validate.py``)."""
     check_mask(x, mask, 0)
     if torch.compiler.is_compiling():
-        return _RowMask.apply(x, mask)
-    if not (use_triton(x, for_eager=True) and kernel_dtypes(x.dtype, torch.result_type(mask, x))):
+        if use_triton(x) and kernel_dtypes(x.dtype, torch.promote_types(mask.dtype, x.dtype)):
+            return _RowMask.apply(x, mask)
+        return torch_path.row_mask_traceable(x, mask)
+    if not (use_triton(x, for_eager=True) and kernel_dtypes(x.dtype, torch.promote_types(mask.dtype, x.dtype))):
         return torch_path.row_mask(x, mask)
     if x.requires_grad and torch.is_grad_enabled():
         return _RowMask.apply(x, mask)
@@ -80,7 +84,9 @@ def bias_hook(output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: 
         if prune_bias:
             with torch.no_grad():
                 bias.masked_fill_(~torch_path.keep(mask), 0)
-        return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
+        if use_triton(output) and kernel_dtypes(output.dtype, bias.dtype):
+            return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
+        return torch_path.bias_add_traceable(output, bias.detach(), mask, dim, prune_bias)
     data = bias.data  # as upstream: no autograd, no version bump on the parameter
     check_bias(output, data, mask, dim)
     if use_triton(output, for_eager=True) and kernel_dtypes(output.dtype, data.dtype) and is_dense(output):

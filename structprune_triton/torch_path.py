@@ -73,6 +73,12 @@ def row_mask(x: Tensor, mask: Tensor) -> Tensor:
         grad = x.requires_grad and torch.is_grad_enabled()
         if x.numel() >= (WHERE_MAX_NUMEL_GRAD if grad else WHERE_MAX_NUMEL):
             return _AndBits.apply(x, mask) if grad else and_bits(x, mask)
+    return row_mask_traceable(x, mask)
+
+
+def row_mask_traceable(x: Tensor, mask: Tensor) -> Tensor:
+    """:func:`row_mask` as plain differentiable torch ops, for compiled graphs (Inductor fuses
+    ``where`` into one vectorised loop; the eager size heuristics do not apply there)."""
     m = row_view(mask, x.dim())
     if mask.dtype == torch.bool:
         return torch.where(m, x, 0)
@@ -100,6 +106,13 @@ def bias_add_(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: boo
     if prune_bias:
         bias.masked_fill_(~keep(mask), 0)
     return out.add_(row_view(bias, out.dim(), dim))
+
+
+def bias_add_traceable(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+    """Functional ``out + bias'`` (``bias'`` masked if ``prune_bias``) in ``out``'s dtype, as plain
+    torch ops for compiled graphs; the gradient w.r.t. ``out`` is the identity."""
+    b = masked_bias(bias, mask) if prune_bias else bias
+    return torch.add(out, row_view(b, out.dim(), dim)).to(out.dtype)
 
 
 def bias_add_into(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, dst: Tensor) -> Tensor:
