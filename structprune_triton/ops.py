@@ -27,8 +27,8 @@ if HAS_TRITON:
 
 
 def row_mask_impl(x: Tensor, mask: Tensor, out_dtype: torch.dtype) -> Tensor:
-    """Validated ``row_mask`` into a fresh tensor laid out like ``x``, by kernel or torch path."""
-    check_mask(x, mask, 0)
+    """``row_mask`` (input already validated) into a fresh tensor laid out like ``x``, by kernel or
+    torch path."""
     if use_triton(x) and kernel_dtypes(x.dtype, out_dtype):
         return launch.row_mask(x, mask, out_dtype)
     return torch_path.row_mask_into(x, mask, out_like(x, out_dtype))
@@ -50,6 +50,7 @@ def _row_mask_fake(x: Tensor, mask: Tensor) -> Tensor:
 
 @torch.library.custom_op("structprune_triton::row_mask_backward", mutates_args=())
 def row_mask_backward(grad: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
+    check_mask(grad, mask, 0)
     return row_mask_impl(grad, mask, dtype)
 
 

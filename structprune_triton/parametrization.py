@@ -18,7 +18,6 @@ Deliberately changed:
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.ao.pruning._experimental.pruner import parametrization as _upstream
 

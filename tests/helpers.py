@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 
 import torch
 from torch.ao.pruning._experimental.pruner import parametrization as upstream
 
-import structprune_triton
-from structprune_triton import _backend
+from torch import nn
+from torch.nn.utils import parametrize
+
+from structprune_triton import BiasHook, FakeStructuredSparsity, _backend
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ON_GPU = DEVICE == "cuda"
@@ -74,3 +75,23 @@ def assert_kernel_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
         bf16_ulp_close(actual, expected)
     else:
         assert_same(actual, expected)
+
+
+def prepare_module(
+    module: nn.Module,
+    mask: torch.Tensor,
+    prune_bias: bool = True,
+    param_cls: type = FakeStructuredSparsity,
+    hook_cls: type = BiasHook,
+    hook_param: nn.Module | None = None,
+) -> nn.Module:
+    """``module`` prepared as upstream's ``BaseStructuredSparsifier._prepare`` does: weight
+    parametrized with ``param_cls(mask)``, bias moved to a ``_bias`` Parameter (``bias = None``),
+    ``hook_cls`` registered on the weight's parametrization (or on ``hook_param``)."""
+    parametrize.register_parametrization(module, "weight", param_cls(mask))
+    if module.bias is not None:
+        module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
+        module.bias = None
+        module.prune_bias = prune_bias
+    module.register_forward_hook(hook_cls(hook_param or module.parametrizations.weight[0], prune_bias))
+    return module

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, assert_same
+from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, assert_same, prepare_module
 
 OURS = (FakeStructuredSparsity, BiasHook)
 UPSTREAM = (UpstreamFSS, UpstreamBiasHook)
@@ -58,16 +58,12 @@ def prepare(model: nn.Module, ms, classes=OURS, prune_bias: bool = True) -> nn.M
     param_cls, hook_cls = classes
     layers = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
     for layer, mask in zip(layers, ms):
-        parametrize.register_parametrization(layer, "weight", param_cls(mask.clone()))
-        layer.register_parameter("_bias", nn.Parameter(layer.bias.detach()))
-        layer.bias = None
-        layer.prune_bias = prune_bias
-        hook_param = layer.parametrizations.weight[0]
+        hook_param = None
         if classes is UPSTREAM and mask.dtype != torch.bool:
             # Upstream's hook prunes with `bias[~mask]`, which only means "mask == 0" for bool
             # masks: the reference hook gets the bool mask (ours takes every dtype).
             hook_param = param_cls(mask != 0)
-        layer.register_forward_hook(hook_cls(hook_param, prune_bias))
+        prepare_module(layer, mask.clone(), prune_bias, param_cls, hook_cls, hook_param)
     return model
 
 

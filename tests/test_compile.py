@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 import structprune_triton
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
+from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS, prepare_module
 
 
 def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True, seed=0):
@@ -25,12 +25,7 @@ def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bi
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             mask = (torch.rand(m.weight.shape[0], generator=g) < 0.6).to(DEVICE)
-            parametrize.register_parametrization(m, "weight", param_cls(mask))
-            if m.bias is not None:
-                m.register_parameter("_bias", nn.Parameter(m.bias.detach()))
-                m.bias = None
-                m.prune_bias = prune_bias
-            m.register_forward_hook(hook_cls(m.parametrizations.weight[0], prune_bias))
+            prepare_module(m, mask, prune_bias, param_cls, hook_cls)
     return model
 
 

@@ -36,9 +36,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
-from torch.nn.utils import parametrize
 
-from .helpers import KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
+from .helpers import KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS, prepare_module
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 
@@ -63,11 +62,7 @@ def make_model() -> nn.Module:
 def prepare(model: nn.Module, param_cls, hook_cls) -> nn.Module:
     """Upstream's ``_prepare`` on the two Linears: parametrization, ``_bias``, BiasHook."""
     for lin, mask in zip((model[0], model[2]), MASKS):
-        parametrize.register_parametrization(lin, "weight", param_cls(mask.clone()))
-        lin.register_parameter("_bias", nn.Parameter(lin.bias.detach()))
-        lin.bias = None
-        lin.prune_bias = True
-        lin.register_forward_hook(hook_cls(lin.parametrizations.weight[0], True))
+        prepare_module(lin, mask.clone(), True, param_cls, hook_cls)
     return model
 
 

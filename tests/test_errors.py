@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 import structprune_triton as sp
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same
+from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same, prepare_module
 
 ops = torch.ops.structprune_triton
 
@@ -66,14 +66,6 @@ def check_same_error(entry, x, mask, expected):
         ENTRIES[entry](x, mask)
 
 
-def prepare(module, mask, prune_bias, param_cls=FakeStructuredSparsity, hook_cls=BiasHook):
-    """``module`` prepared as upstream's pruner's ``_prepare`` does."""
-    parametrize.register_parametrization(module, "weight", param_cls(mask))
-    module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
-    module.bias = None
-    module.prune_bias = prune_bias
-    module.register_forward_hook(hook_cls(module.parametrizations.weight[0], prune_bias))
-    return module
 
 
 def hook_pair(out_features, bias, mask, prune_bias):
@@ -298,8 +290,8 @@ def test_bias_hook_empty_batch(backend, kind, prune_bias):
     }[kind]
     base = make().to(DEVICE)
     mask = torch.tensor([True, False, True, False, True], device=DEVICE)
-    ours = prepare(make().to(DEVICE), mask.clone(), prune_bias)
-    ref = prepare(make().to(DEVICE), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
+    ours = prepare_module(make().to(DEVICE), mask.clone(), prune_bias)
+    ref = prepare_module(make().to(DEVICE), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
     for m in (ours, ref):
         with torch.no_grad():
             m.parametrizations.weight.original.copy_(base.weight)
@@ -443,8 +435,8 @@ def test_linear_bias_along_last_dim_for_btc_input(backend, prune_bias, T):
     torch.manual_seed(0)
     base = nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE)
     mask = torch.tensor([True, False, True, True, False, True], device=DEVICE)
-    ours = prepare(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias)
-    ups = prepare(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
+    ours = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias)
+    ups = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
     for m in (ours, ups):
         with torch.no_grad():
             m.parametrizations.weight.original.copy_(base.weight)

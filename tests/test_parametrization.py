@@ -19,6 +19,7 @@ from .helpers import (
     assert_kernel_equal,
     assert_same,
     layout_dims,
+    prepare_module,
     random_mask,
 )
 
@@ -145,14 +146,6 @@ def test_forward_errors_match_upstream():
 # ---------------------------------------------------------------- BiasHook
 
 
-def prepared(module, mask, prune_bias, param_cls, hook_cls):
-    """``module`` prepared as upstream's pruner does (bias -> ``_bias``, hook registered)."""
-    parametrize.register_parametrization(module, "weight", param_cls(mask))
-    module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
-    module.bias = None
-    module.prune_bias = prune_bias
-    module.register_forward_hook(hook_cls(module.parametrizations.weight[0], prune_bias))
-    return module
 
 
 MODULES = {
@@ -169,8 +162,8 @@ def test_bias_hook_equals_upstream(backend, kind, prune_bias, dtype):
     make, in_shape = MODULES[kind]
     base = make().to(DEVICE, dtype)
     mask = random_mask(9, torch.bool, 0.5)
-    ours = prepared(copy.deepcopy(base), mask.clone(), prune_bias, FakeStructuredSparsity, BiasHook)
-    ref = prepared(copy.deepcopy(base), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
+    ours = prepare_module(copy.deepcopy(base), mask.clone(), prune_bias, FakeStructuredSparsity, BiasHook)
+    ref = prepare_module(copy.deepcopy(base), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
     x = torch.randn(in_shape, device=DEVICE, dtype=dtype)
     if kind == "conv2d_cl":
         x = x.to(memory_format=torch.channels_last)
@@ -202,7 +195,7 @@ def test_bias_hook_without_bias_is_identity(backend):
 
 def test_bias_hook_eager_is_in_place_like_upstream(backend):
     """Upstream mutates the output in place and returns it; so do we (eager)."""
-    lin = prepared(nn.Linear(4, 6).to(DEVICE), random_mask(6), True, FakeStructuredSparsity, BiasHook)
+    lin = prepare_module(nn.Linear(4, 6).to(DEVICE), random_mask(6), True, FakeStructuredSparsity, BiasHook)
     out = torch.randn(3, 6, device=DEVICE)
     before = out.clone()
     ret = BiasHook(lin.parametrizations.weight[0], True)(lin, None, out)
@@ -211,7 +204,7 @@ def test_bias_hook_eager_is_in_place_like_upstream(backend):
 
 def test_bias_hook_version_counter_guards_saved_outputs(backend):
     """If someone saved the output for backward, an in-place add must be detected, as upstream."""
-    lin = prepared(nn.Linear(4, 6).to(DEVICE), random_mask(6), False, FakeStructuredSparsity, BiasHook)
+    lin = prepare_module(nn.Linear(4, 6).to(DEVICE), random_mask(6), False, FakeStructuredSparsity, BiasHook)
     x = torch.randn(3, 6, device=DEVICE, requires_grad=True)
     out = x.exp()  # exp saves its output
     BiasHook(lin.parametrizations.weight[0], False)(lin, None, out)
