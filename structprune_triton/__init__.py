@@ -9,6 +9,7 @@ from ._backend import get_backend, set_backend
 from .functional import bias_hook, row_mask
 from .parametrization import BiasHook, FakeStructuredSparsity, module_contains_param
 from .pruner import accelerate
+from .skip import refresh_live_rows, skip_masked_rows
 
 __version__ = "0.1.0"
 
@@ -19,6 +20,8 @@ __all__ = [
     "row_mask",
     "bias_hook",
     "accelerate",
+    "skip_masked_rows",
+    "refresh_live_rows",
     "set_backend",
     "get_backend",
 ]

@@ -15,6 +15,8 @@ and ``squash_mask`` run unchanged. What is changed, and why:
   find it on a structured pruner's model, registers a second (unstructured) parametrization and the
   next forward fails; it also pops the masks out of the state dict it is given. Ours restores the
   masks into the structured parametrizations and leaves its argument alone.
+* ``step`` is upstream's followed by :func:`~structprune_triton.refresh_live_rows`, so that layers
+  with :func:`~structprune_triton.skip_masked_rows` enabled follow the new masks.
 * ``state_dict`` returns ``"state"`` as a plain dict (upstream: the live ``defaultdict``, which
   ``torch.load(weights_only=True)``, the default, refuses to load).
 
@@ -34,6 +36,7 @@ from torch.ao.pruning.sparsifier.utils import get_arg_info_from_tensor_fqn
 from torch.nn.utils import parametrize
 
 from .parametrization import BiasHook, FakeStructuredSparsity
+from .skip import refresh_live_rows
 
 __all__ = [
     "BaseStructuredSparsifier",
@@ -85,6 +88,16 @@ class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
             module.bias = None
             module.prune_bias = prune_bias
         module.register_forward_hook(self.bias_hook_class(module.parametrizations.weight[0], prune_bias))
+
+    def step(self, *args: Any, **kwargs: Any) -> None:
+        """Upstream's ``step`` (``update_mask`` for every group), then
+        :func:`~structprune_triton.skip.refresh_live_rows` on ``self.model``, so that layers with
+        :func:`~structprune_triton.skip_masked_rows` enabled compute the new live rows (a no-op
+        for layers without it)."""
+        super().step(*args, **kwargs)
+        model = getattr(self, "model", None)
+        if model is not None:
+            refresh_live_rows(model)
 
     def state_dict(self) -> dict[str, Any]:
         """Upstream's ``{"state": ..., "groups": ...}`` (groups without module references), except

@@ -30,7 +30,8 @@ def run_demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
 def test_help() -> None:
     proc = run_demo("--help", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for option in ("--device", "--steps", "--warmup", "--sparsity", "--batch-size", "--compile", "--no-compile", "--seed"):
+    for option in ("--device", "--steps", "--warmup", "--sparsity", "--batch-size", "--compile", "--no-compile", "--seed",
+                   "--width"):
         assert option in proc.stdout
 
 
@@ -38,7 +39,7 @@ def test_bad_arguments_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
     from structprune_triton import demo
 
     for argv in (["--sparsity", "1.5"], ["--steps", "0"], ["--warmup", "-1"], ["--batch-size", "0"],
-                 ["--device", "tpu"]):
+                 ["--device", "tpu"], ["--width", "0"]):
         with pytest.raises(SystemExit) as exc:
             demo.parse_args(argv)
         assert exc.value.code == 2
@@ -54,8 +55,10 @@ def test_demo_small_run(device: str) -> None:
     # progress lines, the table (a row per variant) and the verdict
     assert "[" in out and "timed fine-tuning steps" in out
     assert "ms/step" in out and "max|pruned-masked|" in out
-    rows = [line for line in out.splitlines() if re.match(r"(upstream|structprune_triton) +(eager|compiled) ", line)]
-    assert len(rows) == 2 and all(row.rstrip().endswith("PASS") for row in rows), out
+    rows = [line for line in out.splitlines()
+            if re.match(r"(upstream|structprune_triton|structprune_triton \+ skip_masked_rows) +(eager|compiled) ", line)]
+    assert len(rows) == 3 and all(row.rstrip().endswith("PASS") for row in rows), out
+    assert "pruned layers skip their masked rows" in out
     assert "torch " in out and "triton " in out and "python " in out
     assert "parameters: " in out and "after pruning" in out
     assert "pruned output, structprune_triton eager vs upstream eager: max abs difference 0.0e+00" in out

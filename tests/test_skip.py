@@ -1,0 +1,365 @@
+"""``skip_masked_rows``: layers compute only their live output rows, and the result equals the masked
+dense path (our modules with skipping off) and upstream's classes.
+
+Tolerances. Skipping sums the same non-zero terms as the dense path (the dropped terms are exact
+zeros), but the matmul/convolution runs on other sizes, so the backend may block and vectorise the
+reduction differently: fp32 results differ by a few ulp of O(1) partial sums (``FP32``: 1e-5
+relative/absolute, while a wrong row would be off by O(0.1)). bf16: each path rounds its fp32-
+accumulated result to bf16 once, so two different accumulation orders can round to neighbouring
+bf16 values: one bf16 ulp (2^-8 relative, 2^-7 allowed) plus an absolute 2^-7 for results near zero
+after cancellation (``BF16``). Values that involve no reduction (dead rows, the bias) are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch._dynamo
+from torch import nn
+from torch.ao.pruning._experimental import pruner as up
+
+import structprune_triton
+from structprune_triton import pruner as ours
+from structprune_triton import skip
+from structprune_triton.skip import LiveRowsForward, refresh_live_rows, skip_masked_rows
+
+FP32 = {"rtol": 1e-5, "atol": 1e-5}
+BF16 = {"rtol": 2 ** -7, "atol": 2 ** -7}
+
+
+@pytest.fixture(autouse=True)
+def small_layers(monkeypatch):
+    """Tests use small layers: skip whatever the size, and pad the live set to multiples of 8
+    (the compile tests set the real 64)."""
+    monkeypatch.setattr(skip, "SKIP_MIN_NUMEL", 0)
+    monkeypatch.setattr(skip, "SKIP_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(skip, "LIVE_ROW_MULTIPLE", 8)
+    yield
+    structprune_triton.set_backend("auto")
+
+
+def masks_for(model: nn.Module, density: float = 0.4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {n: torch.rand(m.weight.shape[0], generator=g) < density
+            for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+
+
+def prepared(model: nn.Module, masks: dict[str, torch.Tensor], prune_bias: bool, upstream: bool = False):
+    """Prepare ``model`` with our pruner (or upstream's) and set the masks in place, as a pruner does."""
+    pruner_cls = up.SaliencyPruner if upstream else ours.SaliencyPruner
+    pruner = pruner_cls({"sparsity_level": 0.5})
+    pruner.prepare(model, [{"tensor_fqn": f"{n}.weight", "prune_bias": prune_bias} for n in masks])
+    for name, mask in masks.items():
+        model.get_submodule(name).parametrizations.weight[0].mask.data.copy_(mask)
+    return model, pruner
+
+
+def run(model: nn.Module, x: torch.Tensor, seed: int = 1):
+    """Output, grad of x, and every parameter's grad of one forward/backward with a random cotangent."""
+    x = x.detach().clone().requires_grad_()
+    for p in model.parameters():
+        p.grad = None
+    out = model(x)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
+    out.backward(g)
+    return out.detach(), x.grad, {n.removeprefix("_orig_mod."): p.grad for n, p in model.named_parameters()}
+
+
+def compare(a, b, tol) -> None:
+    out_a, gx_a, grads_a = a
+    out_b, gx_b, grads_b = b
+    torch.testing.assert_close(out_a, out_b, **tol)
+    torch.testing.assert_close(gx_a, gx_b, **tol)
+    assert grads_a.keys() == grads_b.keys()
+    for name in grads_a:
+        if grads_a[name] is None or grads_b[name] is None:
+            assert grads_a[name] is None and grads_b[name] is None, name
+        else:
+            torch.testing.assert_close(grads_a[name], grads_b[name], **tol, msg=name)
+
+
+def skipping(model: nn.Module) -> list[LiveRowsForward]:
+    return [m.__dict__["forward"] for m in model.modules() if isinstance(m.__dict__.get("forward"), LiveRowsForward)]
+
+
+class Linear3d(nn.Module):
+    def __init__(self, bias: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(24, 40, bias=bias)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+LAYERS = {
+    # name: (factory(bias) -> model with one layer "fc", input shape, channels_last)
+    "linear2d": (lambda bias: nn.Sequential(nn.Linear(24, 40, bias=bias)), (6, 24), False),
+    "linear3d": (lambda bias: nn.Sequential(nn.Linear(24, 40, bias=bias)), (2, 5, 24), False),
+    "conv": (lambda bias: nn.Sequential(nn.Conv2d(3, 40, 3, stride=2, padding=1, bias=bias)), (2, 3, 9, 9), False),
+    "conv_cl": (lambda bias: nn.Sequential(nn.Conv2d(3, 40, 3, stride=1, padding=2, bias=bias)), (2, 3, 7, 7), True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("prune_bias", [True, False])
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_matches_dense_and_upstream(layer, prune_bias, dtype) -> None:
+    factory, shape, channels_last = LAYERS[layer]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    base = factory(True).to(dtype=dtype, memory_format=fmt)
+    masks = masks_for(base)
+    dense, _ = prepared(copy.deepcopy(base), masks, prune_bias)
+    fast, _ = prepared(copy.deepcopy(base), masks, prune_bias)
+    skip_masked_rows(fast)
+    (fwd,) = skipping(fast)
+    mask = masks["0"]
+    assert fwd.skip and fwd.live_count == int(mask.sum()) and fwd.idx.numel() % 8 == 0 < fwd.idx.numel() < 40
+    x = torch.randn(shape).to(dtype=dtype, memory_format=fmt)
+    got, want = run(fast, x), run(dense, x)
+    tol = FP32 if dtype == torch.float32 else BF16
+    compare(got, want, tol)
+    out = got[0]
+    if channels_last:
+        assert out.is_contiguous(memory_format=torch.channels_last) == want[0].is_contiguous(memory_format=torch.channels_last)
+    # dead channels get exactly what the hook gives them: 0, or the unpruned bias
+    dead_out = out.movedim(-1 if layer.startswith("linear") else 1, 0)[~mask]
+    bias = fast[0]._bias.detach()
+    if prune_bias:
+        assert (dead_out == 0).all() and (bias[~mask] == 0).all()  # _bias zeroed in place
+    else:
+        expect = bias[~mask].reshape(-1, *[1] * (dead_out.dim() - 1)).expand_as(dead_out)
+        assert torch.equal(dead_out, expect) and (bias[~mask] != 0).any()
+    torch.testing.assert_close(bias, dense[0]._bias.detach(), rtol=0, atol=0)
+    grads = got[2]
+    assert grads["0._bias"] is None
+    assert (grads["0.parametrizations.weight.original"][~mask] == 0).all()  # dead rows: exactly zero
+
+    # upstream's classes; upstream's hook adds the bias along dim 1, wrong for (B, T, C): bias-free there
+    ubase = factory(layer != "linear3d").to(dtype=dtype, memory_format=fmt)
+    ubase.load_state_dict(base.state_dict(), strict=False)
+    if layer == "linear3d":
+        fast, _ = prepared(copy.deepcopy(ubase), masks, prune_bias)
+        skip_masked_rows(fast)
+        got = run(fast, x)
+    upstream, _ = prepared(ubase, masks, prune_bias, upstream=True)
+    compare(got, run(upstream, x), tol)
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_backends_and_mask_dtypes(backend, kind) -> None:
+    """Every backend of the row mask (Triton kernels under the interpreter on CPU, both torch-path
+    branches), and non-bool masks: uint8, and soft float masks that scale rows."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(16, 24) if kind == "linear" else nn.Conv2d(2, 24, 3, padding=1))
+    x = torch.randn((3, 16) if kind == "linear" else (2, 2, 5, 5))
+    live = torch.rand(24) < 0.5
+    for mask in (live.to(torch.uint8), torch.where(live, torch.rand(24) + 0.5, 0)):
+        dense, _ = prepared(copy.deepcopy(base), {"0": torch.ones(24, dtype=torch.bool)}, True)
+        dense[0].parametrizations.weight[0].mask = mask.clone()
+        fast = copy.deepcopy(dense)
+        skip_masked_rows(fast)
+        assert skipping(fast)[0].skip
+        got = run(fast, x)
+        compare(got, run(dense, x), FP32)
+        assert (got[2]["0.parametrizations.weight.original"][mask == 0] == 0).all()
+
+
+def test_pruner_steps_match_dense() -> None:
+    """SGD with the pruner's ``step()`` between steps (masks edited through ``mask.data``, the live
+    count changing): the weights after N steps equal the dense path's."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(12, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 5))
+    config = [{"tensor_fqn": "0.weight"}, {"tensor_fqn": "2.weight"}]
+    models, pruners, opts = [], [], []
+    for enable in (False, True):
+        model = copy.deepcopy(base)
+        pruner = ours.SaliencyPruner({"sparsity_level": 0.2})
+        pruner.prepare(model, copy.deepcopy(config))
+        skip_masked_rows(model, enable)
+        models.append(model)
+        pruners.append(pruner)
+        opts.append(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3))
+    counts = set()
+    for step in range(6):
+        x = torch.randn(8, 12)
+        for model, pruner, opt in zip(models, pruners, opts):
+            for group in pruner.groups:  # a schedule: more rows die every other step
+                group["sparsity_level"] = 0.2 + 0.1 * (step // 2)
+            pruner.step()
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+        counts.add(tuple(f.live_count for f in skipping(models[1])))
+        for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values()):
+            torch.testing.assert_close(a, b, **FP32)
+    assert len(counts) == 3  # the live set followed the masks
+    assert all(f.skip for f in skipping(models[1]))
+
+
+def test_mask_edits_between_refreshes() -> None:
+    """Visible edits refresh on the next eager call; ``.data`` edits are exact for rows that die and
+    raise (not silently wrong) for rows revived outside the live set until ``refresh_live_rows``."""
+    torch.manual_seed(0)
+    base, _ = prepared(nn.Sequential(nn.Linear(10, 40)), {"0": torch.rand(40) < 0.3}, True)
+    fast = skip_masked_rows(copy.deepcopy(base))
+    (fwd,) = skipping(fast)
+    mask, dmask = fast[0].parametrizations.weight[0].mask, base[0].parametrizations.weight[0].mask
+    x = torch.randn(4, 10)
+
+    def check():
+        compare(run(fast, x), run(base, x), FP32)
+
+    outside = int((~fwd.in_set).nonzero()[0])
+    for edit in ("mask[i] = True", "mask.data = new", "param.mask = new"):
+        i = int((~mask).nonzero()[-1]) if edit != "mask[i] = True" else outside
+        new = mask.clone()
+        new[i] = True
+        if edit == "mask[i] = True":
+            mask[i] = True
+        elif edit == "mask.data = new":
+            mask.data = new
+        else:
+            fast[0].parametrizations.weight[0].mask = mask = new
+        dmask.data.copy_(mask)
+        check()  # the eager host check saw it and refreshed
+        assert fwd.in_set[i] and fwd.live_count == int(mask.sum())
+        mask = fast[0].parametrizations.weight[0].mask
+
+    live = int(mask.nonzero()[0])  # a row dies through .data: invisible to the host, still exact
+    mask.data[live] = False
+    dmask.data[live] = False
+    check()
+    assert fwd.in_set[live]  # not refreshed: computed, and exactly zero
+    outside = int((~fwd.in_set).nonzero()[0])
+    mask.data[outside] = True  # revived through .data outside the live set: refused, not wrong
+    dmask.data[outside] = True
+    with pytest.raises(RuntimeError, match="refresh_live_rows"):
+        fast(x)
+    assert refresh_live_rows(fast) == 1
+    check()
+    skip_masked_rows(fast, verify=False)  # without the check, the contract is the caller's
+    assert not fwd.verify
+
+
+def test_disable_restores_and_structure_unchanged() -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16 * 16, 24), nn.Linear(24, 4))
+    model, _ = prepared(base, masks_for(base), False)
+    before = {
+        "types": [type(m) for m in model.modules()],
+        "params": dict(model.named_parameters()),
+        "buffers": dict(model.named_buffers()),
+        "params_obj": [list(m.parametrizations.weight) for m in (model[0], model[3], model[4])],
+        "sd": list(model.state_dict()),
+    }
+    x = torch.randn(2, 3, 6, 6)
+    dense = run(model, x)
+    skip_masked_rows(model)
+    assert len(skipping(model)) == 3
+    after = {
+        "types": [type(m) for m in model.modules()],
+        "params": dict(model.named_parameters()),
+        "buffers": dict(model.named_buffers()),
+        "params_obj": [list(m.parametrizations.weight) for m in (model[0], model[3], model[4])],
+        "sd": list(model.state_dict()),
+    }
+    assert after["types"] == before["types"] and after["sd"] == before["sd"]
+    assert after["params"].keys() == before["params"].keys()
+    assert all(after["params"][k] is v for k, v in before["params"].items())
+    assert all(after["buffers"][k] is v for k, v in before["buffers"].items())
+    assert after["params_obj"] == before["params_obj"]
+    compare(run(model, x), dense, FP32)
+    copied = copy.deepcopy(model)  # a copy skips on its own module
+    assert all(f.module is m for f, m in zip(skipping(copied), (copied[0], copied[3], copied[4])))
+    compare(run(copied, x), dense, FP32)
+    skip_masked_rows(model, enabled=False)
+    assert not skipping(model) and all("forward" not in m.__dict__ for m in model.modules())
+    compare(run(model, x), dense, {"rtol": 0, "atol": 0})
+
+
+def test_eligibility_and_thresholds(monkeypatch) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 16, 3, groups=2), nn.Linear(8, 16), nn.Linear(8, 16), nn.Linear(8, 64))
+    prepared(model, {"0": torch.rand(16) < 0.5, "1": torch.rand(16) < 0.5, "3": torch.arange(64) % 8 == 0}, True)
+    skip_masked_rows(model)  # groups=2 conv, unparametrized Linear: untouched
+    assert [n for n, m in model.named_modules() if "forward" in m.__dict__] == ["1", "3"]
+    monkeypatch.setattr(skip, "SKIP_MAX_DENSITY", 0.25)  # 16 rows pad to 8 or 16: above 0.25; 8/64 not
+    assert refresh_live_rows(model) == 1 and not model[1].forward.skip and model[3].forward.skip
+    monkeypatch.setattr(skip, "SKIP_MIN_NUMEL", 8 * 64 + 1)  # too small to pay
+    assert refresh_live_rows(model) == 0
+    x = torch.randn(3, 8)
+    dense = skip_masked_rows(copy.deepcopy(model), enabled=False)
+    torch.testing.assert_close(model[3](x), dense[3](x), rtol=0, atol=0)  # the dense path, bitwise
+
+
+def test_prune_after_skipping() -> None:
+    """``prune()`` on a model with skipping enabled; the pruned layers fall back to the dense forward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 40), nn.ReLU(), nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 3))
+    pruner = ours.SaliencyPruner({"sparsity_level": 0.5})
+    pruner.prepare(model, [{"tensor_fqn": "0.weight"}, {"tensor_fqn": "2.weight"}])
+    skip_masked_rows(model)
+    pruner.step()
+    assert all(f.skip for f in skipping(model))
+    x = torch.randn(5, 7)
+    with torch.no_grad():
+        masked = model(x)
+        pruned = pruner.prune()
+        out = pruned(x)
+    assert pruned.get_submodule("0").weight.shape[0] == 20
+    torch.testing.assert_close(out, masked, **FP32)
+    assert all(not f.skip for f in skipping(pruned))
+
+
+def compiled_model(n_live: int):
+    """A Linear with 256 rows (live set padded to multiples of 64) and a small head."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 256), nn.ReLU(), nn.Linear(256, 6))
+    mask = torch.zeros(256, dtype=torch.bool)
+    mask[torch.randperm(256)[:n_live]] = True
+    prepared(model, {"0": mask}, True)
+    return model
+
+
+@pytest.mark.parametrize("compile_backend", ["aot_eager", "inductor"])
+def test_compile_fullgraph_no_recompile(monkeypatch, compile_backend) -> None:
+    """fullgraph compile equals eager; no recompile across a mask change within the same 64-row
+    bucket (refreshed by ``refresh_live_rows``) nor a batch-size change (``dynamic=True``). A change
+    of bucket gives ``idx`` a new length: with ``dynamic=True`` that is a symbolic size (no recompile
+    here; duck sizing could tie it to another dim of equal size, which would recompile once).
+    With the default ``dynamic=None`` Dynamo recompiles at the first bucket change and then treats
+    the length as dynamic; ``dynamic=False`` compiles a graph per bucket (see skip.py)."""
+    monkeypatch.setattr(skip, "LIVE_ROW_MULTIPLE", 64)
+    torch._dynamo.reset()
+    model = compiled_model(100)
+    eager = skip_masked_rows(copy.deepcopy(model))
+    skip_masked_rows(model)
+    fwd = model[0].forward
+    assert fwd.skip and fwd.idx.numel() == 128
+    compiled = torch.compile(model, backend=compile_backend, fullgraph=True, dynamic=True)
+    x = torch.randn(5, 20)
+    compare(run(compiled, x), run(eager, x), FP32)
+    mask, emask = model[0].parametrizations.weight[0].mask, eager[0].parametrizations.weight[0].mask
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        kill = mask.nonzero()[:7, 0]
+        mask.data[kill] = False  # as a pruner's step: .data, no version bump
+        emask.data[kill] = False
+        assert refresh_live_rows(model) == 1 and fwd.live_count == 93 and fwd.idx.numel() == 128
+        compare(run(compiled, x), run(eager, x), FP32)
+        x2 = torch.randn(9, 20)
+        compare(run(compiled, x2), run(eager, x2), FP32)
+        if compile_backend == "aot_eager":
+            revive = int((~fwd.in_set).nonzero()[0])  # stale live set inside the graph: refused
+            mask.data[revive] = True
+            with pytest.raises(RuntimeError, match="refresh_live_rows"):
+                run(compiled, x)
+            mask.data[revive] = False
+        kill = mask.nonzero()[:40, 0]  # 53 live: the 64 bucket
+        mask.data[kill] = False
+        emask.data[kill] = False
+        refresh_live_rows(model)
+        assert fwd.idx.numel() == 64
+        compare(run(compiled, x), run(eager, x), FP32)
