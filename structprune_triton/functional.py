@@ -47,15 +47,20 @@ class _RowMask(torch.autograd.Function):
         return launch.row_mask(grad, mask, ctx.x_dtype), None
 
 
+def _kernels_for(x: Tensor, other: Tensor, eager: bool) -> bool:
+    """Do the Triton kernels take ``x`` (device, size in eager mode) combined with ``other``?"""
+    return use_triton(x, for_eager=eager) and kernel_dtypes(x.dtype, torch.promote_types(other.dtype, x.dtype))
+
+
 def row_mask(x: Tensor, mask: Tensor) -> Tensor:
     """Row-mask multiply over dim 0 with upstream's result dtype; dead rows are exactly zero.
     Validates its input first (upstream's exception types, see ``validate.py``)."""
     check_mask(x, mask, 0)
     if torch.compiler.is_compiling():
-        if use_triton(x) and kernel_dtypes(x.dtype, torch.promote_types(mask.dtype, x.dtype)):
+        if _kernels_for(x, mask, eager=False):
             return _RowMask.apply(x, mask)
         return torch_path.row_mask_traceable(x, mask)
-    if not (use_triton(x, for_eager=True) and kernel_dtypes(x.dtype, torch.promote_types(mask.dtype, x.dtype))):
+    if not _kernels_for(x, mask, eager=True):
         return torch_path.row_mask(x, mask)
     if x.requires_grad and torch.is_grad_enabled():
         return _RowMask.apply(x, mask)
@@ -79,17 +84,17 @@ def bias_hook(output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: 
     parameter ``bias`` in place (no host sync), then add it along ``dim``. ``bias`` gets no
     gradient. Eager: ``output`` is updated in place and returned (as upstream); compiled: a new
     tensor is returned (the graph stays functional)."""
-    dim = dim % output.dim() if output.dim() else dim
+    check_bias(output, bias, mask, dim)
+    dim = dim % output.dim()
     if torch.compiler.is_compiling():
         if prune_bias:
             with torch.no_grad():
                 bias.masked_fill_(~torch_path.keep(mask), 0)
-        if use_triton(output) and kernel_dtypes(output.dtype, bias.dtype):
+        if _kernels_for(output, bias, eager=False):
             return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
         return torch_path.bias_add_traceable(output, bias.detach(), mask, dim, prune_bias)
     data = bias.data  # as upstream: no autograd, no version bump on the parameter
-    check_bias(output, data, mask, dim)
-    if use_triton(output, for_eager=True) and kernel_dtypes(output.dtype, data.dtype) and is_dense(output):
+    if _kernels_for(output, data, eager=True) and is_dense(output):
         launch.bias_add(output, data, mask, dim, prune_bias, bias_out=data)
         if output.requires_grad:
             # out += c has gradient 1 w.r.t. out: autograd's graph is unchanged, but whoever saved
