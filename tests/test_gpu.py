@@ -1,0 +1,98 @@
+"""GPU-only behaviour: no host synchronisation, non-default streams, CUDA graph capture.
+
+Skipped without CUDA (these properties do not exist on the CPU); run by ``scripts/gpu-check``."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from structprune_triton import BiasHook, FakeStructuredSparsity
+
+from .helpers import ON_GPU, UpstreamBiasHook, UpstreamFSS, prepare_module
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")]
+
+
+def mlp(param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).cuda()
+    g = torch.Generator().manual_seed(1)
+    for m in (model[0], model[2]):
+        mask = (torch.rand(m.weight.shape[0], generator=g) < 0.5).cuda()
+        prepare_module(m, mask, prune_bias, param_cls, hook_cls)
+    return model
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+def test_no_host_sync_forward_backward(backend, prune_bias):
+    model = mlp(prune_bias=prune_bias)
+    x = torch.randn(16, 64, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
+def test_upstream_hook_syncs_with_prune_bias():
+    """Why the check above matters: upstream's `bias[~mask] = 0` synchronises the host."""
+    model = mlp(UpstreamFSS, UpstreamBiasHook, prune_bias=True)
+    x = torch.randn(16, 64, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="(?i)synchroniz"):
+            model(x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+
+
+def test_non_default_stream(backend):
+    """Our launches follow the current stream: a producer on a side stream is seen."""
+    mask = (torch.rand(4096, device="cuda") < 0.5)
+    src = torch.randn(4096, 1024, device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        w = src
+        for _ in range(20):  # keep the side stream busy so a wrong-stream launch would race
+            w = w * 1.0001
+        ours = FakeStructuredSparsity(mask)(w)
+        lin = prepare_module(nn.Linear(8, 4096).cuda(), mask.clone(), True)
+        out = torch.randn(64, 4096, device="cuda")
+        expected_out = out + torch.where(mask, lin._bias.detach(), 0)
+        got_out = lin._forward_hooks[next(iter(lin._forward_hooks))](lin, None, out.clone())
+    stream.synchronize()
+    assert torch.equal(ours, torch.where(mask[:, None], w, 0))
+    assert torch.equal(got_out, expected_out)
+
+
+def test_cuda_graph_capture_and_mask_edits(backend):
+    model = mlp()
+    reference = copy.deepcopy(model)
+    static_x = torch.randn(16, 64, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):  # warm-up (Triton compiles on first launch) outside the capture
+            model(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        static_y = model(static_x)
+
+    for step in range(3):
+        new_x = torch.randn(16, 64, device="cuda")
+        static_x.copy_(new_x)
+        for m, r in ((model[0], reference[0]), (model[2], reference[2])):  # a pruner's step(): in place
+            m.parametrizations.weight[0].mask[step] = False
+            r.parametrizations.weight[0].mask[step] = False
+        graph.replay()
+        torch.cuda.synchronize()
+        with torch.no_grad():
+            expected = reference(new_x)
+        assert torch.equal(static_y, expected)
