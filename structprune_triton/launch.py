@@ -15,17 +15,25 @@ from .kernels import bias_add_kernel, row_mask_kernel
 from .layout import dense_3d, is_dense, out_like
 
 # Elements per program and warps. The interpreter costs about 1 ms per program instance whatever
-# its size, so it gets big tiles. GPU values are a first choice (32 elements a thread, 16-byte
-# accesses for every dtype), not yet tuned by measurement: see bench/NOTES.md.
+# its size, so it gets one big tile fitted to the shape. On the GPU the tile size is fixed and its
+# inner width comes from a short list, so that a model's many layer shapes share a handful of
+# compiled kernel variants (BLOCK_R/BLOCK_B are compile-time constants: each new pair is a JIT
+# compile). GPU values are a first choice (32 elements a thread, 16-byte accesses for every dtype),
+# not yet tuned by measurement: see bench/NOTES.md.
 GPU_TILE, GPU_WARPS = 4096, 4
+GPU_BLOCK_B = (1, 8, 64, 512, 4096)
 INTERPRETER_TILE = 1 << 15
 
 
 def _tiles(R: int, B: int, device: torch.device) -> tuple[int, int, int]:
-    tile = INTERPRETER_TILE if device.type == "cpu" else GPU_TILE
-    block_b = min(triton.next_power_of_2(B), tile)
-    block_r = min(triton.next_power_of_2(R), max(1, tile // block_b))
-    return block_r, block_b, GPU_WARPS
+    """``(BLOCK_R, BLOCK_B, num_warps)`` for an ``(A, R, B)`` view on ``device``."""
+    if device.type == "cpu":
+        block_b = min(triton.next_power_of_2(B), INTERPRETER_TILE)
+        block_r = min(triton.next_power_of_2(R), max(1, INTERPRETER_TILE // block_b))
+        return block_r, block_b, GPU_WARPS
+    widths = [b for b in GPU_BLOCK_B if b <= GPU_TILE] or [1]
+    block_b = next((b for b in widths if b >= min(B, GPU_TILE)), widths[-1])
+    return max(1, GPU_TILE // block_b), block_b, GPU_WARPS
 
 
 def _compute(*dtypes: torch.dtype):

@@ -139,3 +139,17 @@ def test_row_mask_past_int32_offsets():
     torch.cuda.empty_cache()
     launch.bias_add(x, torch.ones(C, dtype=torch.bfloat16, device="cuda"), torch.ones(C, dtype=torch.bool, device="cuda"), 1, False)
     assert x[-1, -1].item() == 4 and x[0, 0].item() == 2
+
+
+def test_gpu_tiles_are_few_and_cover_the_tile():
+    """On the GPU, many layer shapes must share a few kernel variants (each is a JIT compile)."""
+    from structprune_triton import launch
+
+    cuda = torch.device("cuda")  # _tiles only reads the device type: no GPU needed
+    shapes = [(r, b) for r in (1, 3, 64, 255, 4096, 65537) for b in (1, 2, 9, 63, 64, 700, 4096, 50000)]
+    tiles = {launch._tiles(r, b, cuda) for r, b in shapes}
+    assert len(tiles) <= len(launch.GPU_BLOCK_B)
+    for block_r, block_b, _ in tiles:
+        assert block_r * block_b == launch.GPU_TILE
+    assert launch._tiles(10, 3, cuda)[1] == 8  # narrow rows: a narrow tile, not 4096 lanes
+    assert launch._tiles(10, 100000, cuda)[1] == launch.GPU_TILE
