@@ -311,6 +311,15 @@ def test_bias_hook_empty_batch(backend, kind, prune_bias):
 # ---------------------------------------------------------------- BiasHook
 
 
+def bias_entry(entry, hook, lin, out, bias, mask, prune_bias):
+    """A call of ``entry`` (our hook, ``bias_hook``, the op) adding ``bias`` to a copy of ``out``."""
+    return {
+        "hook": lambda: hook(lin, None, out.clone()),
+        "functional": lambda: sp.bias_hook(out.clone(), bias, mask, 1, prune_bias),
+        "op": lambda: ops.bias_add(out, bias, mask, 1, prune_bias),
+    }[entry]
+
+
 @pytest.mark.parametrize("prune_bias", [True, False])
 @pytest.mark.parametrize("entry", ["hook", "functional", "op"])
 def test_bias_wrong_length(backend, entry, prune_bias):
@@ -323,11 +332,7 @@ def test_bias_wrong_length(backend, entry, prune_bias):
     # `bias[~mask]` fails first (IndexError, the mask having the output's length). We raise
     # RuntimeError either way: one mistake, one error type, whatever prune_bias is (deliberate).
     assert exc is (IndexError if prune_bias else RuntimeError)
-    call = {
-        "hook": lambda: hook(lin, None, out.clone()),
-        "functional": lambda: sp.bias_hook(out.clone(), bias, mask, 1, prune_bias),
-        "op": lambda: ops.bias_add(out, bias, mask, 1, prune_bias),
-    }[entry]
+    call = bias_entry(entry, hook, lin, out, bias, mask, prune_bias)
     with pytest.raises(RuntimeError, match="cannot be added along dim"):
         call()
 
@@ -344,11 +349,7 @@ def test_bias_hook_mask_does_not_match_bias(backend, entry, prune_bias, mask_sha
     # Upstream: IndexError from `bias[~mask]` with prune_bias; without it upstream never reads the
     # mask and raises nothing. We check the mask either way (deliberate): IndexError.
     assert exc is (IndexError if prune_bias else None)
-    call = {
-        "hook": lambda: hook(lin, None, out.clone()),
-        "functional": lambda: sp.bias_hook(out.clone(), bias, mask, 1, prune_bias),
-        "op": lambda: ops.bias_add(out, bias, mask, 1, prune_bias),
-    }[entry]
+    call = bias_entry(entry, hook, lin, out, bias, mask, prune_bias)
     with pytest.raises(IndexError, match="does not match bias"):
         call()
     assert torch.equal(lin._bias.detach(), bias)  # nothing written before the error
