@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .kernels import bias_add_kernel, row_mask_kernel
 from .layout import dense_3d, is_dense, out_like
+from .torch_path import masked_bias
 
 # Elements per program and warps. The interpreter costs about 1 ms per program instance whatever
 # its size, so it gets one big tile fitted to the shape. On the GPU the tile size is fixed and its
@@ -77,7 +78,7 @@ def bias_add(
     target = out if dst is None else dst
     if out.numel() == 0:
         if bias_out is not None and prune_bias:
-            bias_out.copy_(torch.where(mask != 0, bias, 0))
+            bias_out.copy_(masked_bias(bias, mask))
         return target
     A, R, B = dense_3d(out, dim)
     block_r, block_b, warps = _tiles(R, B, out.device)
