@@ -69,7 +69,7 @@ def use_triton(t: torch.Tensor, *, for_eager: bool = False) -> bool:
         return False
     if t.is_cuda:
         return _backend == "triton" or not for_eager or t.numel() >= TRITON_MIN_NUMEL
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         return False
     if _backend == "triton" and not INTERPRET:
         raise RuntimeError(

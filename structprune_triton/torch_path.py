@@ -23,8 +23,9 @@ def keep(mask: Tensor) -> Tensor:
     return mask if mask.dtype == torch.bool else mask != 0
 
 
-# Integer dtype of the same width, to zero rows with a bitwise AND: one vectorised pass, exact
-# zeros even over NaN/inf. (On CPU ``torch.where`` is several times slower than ``mask * x``.)
+# Integer dtype of the same width, to zero rows exactly on the bits: ``int(x) * True`` is ``x``'s
+# bit pattern, ``int(x) * False`` is +0.0, whatever ``x`` holds (NaN/inf included). One vectorised
+# pass at the speed of upstream's ``mask * x`` (on CPU ``torch.where`` is several times slower).
 _SAME_WIDTH_INT = {
     torch.float32: torch.int32,
     torch.float16: torch.int16,
@@ -33,35 +34,33 @@ _SAME_WIDTH_INT = {
 }
 
 
-def and_bits(t: Tensor, mask: Tensor) -> Tensor:
+def select_rows(t: Tensor, mask: Tensor) -> Tensor:
     """``t`` with the rows (dim 0) where the bool ``mask`` is False set to +0.0, bit-exact
-    elsewhere. ``-int8(True)`` is all ones, and sign-extends to the width of ``t``'s integer view."""
-    bits = row_view(mask.view(torch.int8).neg(), t.dim())
-    return (t.view(_SAME_WIDTH_INT[t.dtype]) & bits).view(t.dtype)
+    elsewhere: an integer multiply of ``t``'s bits by the mask (bool promotes to 0/1)."""
+    return (t.view(_SAME_WIDTH_INT[t.dtype]) * row_view(mask, t.dim())).view(t.dtype)
 
 
-# Below these sizes one native ``torch.where`` (no Python autograd.Function, fewer small ops) is
-# cheaper than the bitwise AND on CPU; above, the vectorised AND wins. Measured on the 2-core CPU
-# machine, 1 thread (bench/NOTES.md): without grad where/AND cross near 4K elements, with grad
-# (where's native backward vs the Function's Python overhead) near 64K-256K.
-WHERE_MAX_NUMEL = 1 << 12
-WHERE_MAX_NUMEL_GRAD = 1 << 16
+# With autograd, below this size one native ``torch.where`` (native backward) is cheaper than
+# :class:`_SelectRows`, whose Python ``autograd.Function`` costs ~15 us per direction on the 2-core
+# CPU machine; above it the integer multiply's speed wins (bench/NOTES.md: equal near 32K
+# elements, 1.5x faster at 512K). Without autograd the integer multiply always wins.
+WHERE_MAX_NUMEL_GRAD = 1 << 15
 
 
-class _AndBits(torch.autograd.Function):
-    """:func:`and_bits` with its gradient (the same row zeroing applied to ``grad``)."""
+class _SelectRows(torch.autograd.Function):
+    """:func:`select_rows` with its gradient (the same row zeroing applied to ``grad``)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, mask: Tensor) -> Tensor:
         ctx.save_for_backward(mask)
-        return and_bits(x, mask)
+        return select_rows(x, mask)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (mask,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: keep the gradient differentiable
-            return _AndBits.apply(grad, mask), None
-        return and_bits(grad, mask), None
+            return _SelectRows.apply(grad, mask), None
+        return select_rows(grad, mask), None
 
 
 def row_mask(x: Tensor, mask: Tensor) -> Tensor:
@@ -70,9 +69,10 @@ def row_mask(x: Tensor, mask: Tensor) -> Tensor:
     Result dtype is upstream's, ``torch.result_type(mask, x)``; strides are TensorIterator's.
     """
     if mask.dtype == torch.bool and x.dtype in _SAME_WIDTH_INT:
-        grad = x.requires_grad and torch.is_grad_enabled()
-        if x.numel() >= (WHERE_MAX_NUMEL_GRAD if grad else WHERE_MAX_NUMEL):
-            return _AndBits.apply(x, mask) if grad else and_bits(x, mask)
+        if not (x.requires_grad and torch.is_grad_enabled()):
+            return select_rows(x, mask)
+        if x.numel() > WHERE_MAX_NUMEL_GRAD:
+            return _SelectRows.apply(x, mask)
     return row_mask_traceable(x, mask)
 
 

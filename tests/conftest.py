@@ -7,8 +7,8 @@ from structprune_triton import layout, torch_path
 
 from .helpers import KERNELS, nan_out_like
 
-# "torch-bits": the torch path with its small-tensor `torch.where` branch switched off, so the
-# bitwise-AND branch (used for large tensors) is tested on small shapes too.
+# "torch-bits": the torch path with its small-tensor `torch.where` branch (with autograd) switched
+# off, so the integer-multiply branch used for large tensors is tested on small shapes too.
 BACKENDS = (["triton"] if KERNELS else []) + ["torch", "torch-bits"]
 
 
@@ -22,7 +22,6 @@ def backend(request, monkeypatch):
         if m is not None and hasattr(m, "out_like"):
             monkeypatch.setattr(m, "out_like", nan_out_like)
     if request.param == "torch-bits":
-        monkeypatch.setattr(torch_path, "WHERE_MAX_NUMEL", 0)
         monkeypatch.setattr(torch_path, "WHERE_MAX_NUMEL_GRAD", 0)
     structprune_triton.set_backend(request.param.split("-")[0])
     yield request.param
