@@ -15,26 +15,47 @@ from .kernels import bias_add_kernel, row_mask_kernel
 from .layout import dense_3d, is_dense, out_like
 from .torch_path import masked_bias
 
-# Elements per program and warps. The interpreter costs about 1 ms per program instance whatever
-# its size, so it gets one big tile fitted to the shape. On the GPU the tile size is fixed and its
-# inner width comes from a short list, so that a model's many layer shapes share a handful of
-# compiled kernel variants (BLOCK_R/BLOCK_B are compile-time constants: each new pair is a JIT
-# compile). GPU values are a first choice (32 elements a thread, 16-byte accesses for every dtype),
-# not yet tuned by measurement: see bench/NOTES.md.
-GPU_TILE, GPU_WARPS = 4096, 4
-GPU_BLOCK_B = (1, 8, 64, 512, 4096)
+# Elements per program. The interpreter costs about 1 ms per program instance whatever its size, so
+# it gets one big tile fitted to the shape. On the GPU a tile holds at most GPU_TILE elements
+# (32 a thread at GPU_MAX_WARPS warps), as BLOCK_R x BLOCK_B powers of two chosen per shape by
+# `_gpu_tiles`. A first choice from lane counts, not yet tuned by measurement (bench/NOTES.md).
+GPU_TILE, GPU_MAX_WARPS = 4096, 4
+# Narrowest tile row on the GPU when a row (B) is wider than this: row segments of 64 (bf16) or
+# 128 (fp32) bytes keep loads coalesced.
+GPU_MIN_BLOCK_B = 32
 INTERPRETER_TILE = 1 << 15
+
+
+def _pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, n))
+
+
+def _gpu_tiles(R: int, B: int) -> tuple[int, int, int]:
+    """``(BLOCK_R, BLOCK_B, num_warps)`` for the GPU: the power-of-two tile of at most ``GPU_TILE``
+    elements that wastes the fewest lanes on ``(R, B)`` (the padding of partial tiles), the wider one
+    on ties. Each dim is padded less than 2x, where a fixed 4096-wide tile ran e.g. 19% of its lanes
+    on a 28x28 feature map (B = 784) and 6% on a channels_last 256-channel output (B = 1)."""
+    widest = min(_pow2(B), GPU_TILE)
+    narrowest = min(widest, GPU_MIN_BLOCK_B)
+    best = None
+    block_b = widest
+    while block_b >= narrowest:
+        block_r = min(GPU_TILE // block_b, _pow2(R))
+        padded = triton.cdiv(R, block_r) * block_r * triton.cdiv(B, block_b) * block_b
+        if best is None or padded < best[0]:
+            best = (padded, block_r, block_b)
+        block_b //= 2
+    _, block_r, block_b = best
+    return block_r, block_b, max(1, min(GPU_MAX_WARPS, block_r * block_b // 1024))
 
 
 def _tiles(R: int, B: int, device: torch.device) -> tuple[int, int, int]:
     """``(BLOCK_R, BLOCK_B, num_warps)`` for an ``(A, R, B)`` view on ``device``."""
     if device.type == "cpu":
-        block_b = min(triton.next_power_of_2(B), INTERPRETER_TILE)
-        block_r = min(triton.next_power_of_2(R), max(1, INTERPRETER_TILE // block_b))
-        return block_r, block_b, GPU_WARPS
-    widths = [b for b in GPU_BLOCK_B if b <= GPU_TILE] or [1]
-    block_b = next((b for b in widths if b >= min(B, GPU_TILE)), widths[-1])
-    return max(1, GPU_TILE // block_b), block_b, GPU_WARPS
+        block_b = min(_pow2(B), INTERPRETER_TILE)
+        block_r = min(_pow2(R), max(1, INTERPRETER_TILE // block_b))
+        return block_r, block_b, GPU_MAX_WARPS
+    return _gpu_tiles(R, B)
 
 
 def _compute(*dtypes: torch.dtype):

@@ -141,15 +141,37 @@ def test_row_mask_past_int32_offsets():
     assert x[-1, -1].item() == 4 and x[0, 0].item() == 2
 
 
-def test_gpu_tiles_are_few_and_cover_the_tile():
-    """On the GPU, many layer shapes must share a few kernel variants (each is a JIT compile)."""
+def _padding(n: int, block: int) -> float:
+    return -(-n // block) * block / n
+
+
+@pytest.mark.parametrize("r", [1, 3, 64, 255, 256, 4096, 65537])
+@pytest.mark.parametrize("b", [1, 2, 9, 31, 33, 63, 64, 576, 700, 784, 1152, 3136, 4096, 9216, 50000, 100000])
+def test_gpu_tiles_waste_few_lanes(r, b):
+    """GPU tiles: powers of two within GPU_TILE, each dim padded less than 2x, and rows of at least
+    GPU_MIN_BLOCK_B elements where the shape has them (coalesced loads)."""
     from structprune_triton import launch
 
     cuda = torch.device("cuda")  # _tiles only reads the device type: no GPU needed
-    shapes = [(r, b) for r in (1, 3, 64, 255, 4096, 65537) for b in (1, 2, 9, 63, 64, 700, 4096, 50000)]
-    tiles = {launch._tiles(r, b, cuda) for r, b in shapes}
-    assert len(tiles) <= len(launch.GPU_BLOCK_B)
-    for block_r, block_b, _ in tiles:
-        assert block_r * block_b == launch.GPU_TILE
-    assert launch._tiles(10, 3, cuda)[1] == 8  # narrow rows: a narrow tile, not 4096 lanes
-    assert launch._tiles(10, 100000, cuda)[1] == launch.GPU_TILE
+    block_r, block_b, warps = launch._tiles(r, b, cuda)
+    for block in (block_r, block_b):
+        assert block & (block - 1) == 0
+    assert block_r * block_b <= launch.GPU_TILE
+    assert 1 <= warps <= launch.GPU_MAX_WARPS
+    assert _padding(r, block_r) < 2 and _padding(b, block_b) < 2
+    assert block_b >= min(b, launch.GPU_MIN_BLOCK_B)
+    if r * b >= launch.GPU_TILE:  # big enough to fill a tile: do not leave lanes idle in a tile
+        assert _padding(r, block_r) * _padding(b, block_b) < 1.3 or block_r * block_b == launch.GPU_TILE
+
+
+def test_gpu_tiles_for_common_layers():
+    """The choices the kernels get for the bench's shapes (recorded so a change is deliberate)."""
+    from structprune_triton import launch
+
+    cuda = torch.device("cuda")
+    assert launch._tiles(16384, 4096, cuda) == (1, 4096, 4)  # weight 16384x4096
+    assert launch._tiles(1024, 9216, cuda) == (4, 1024, 4)  # conv weight 1024x1024x3x3: no padding
+    assert launch._tiles(256, 3136, cuda) == (64, 64, 4)  # 64x256x56x56 output, bias over dim 1
+    assert launch._tiles(256, 1, cuda) == (256, 1, 1)  # the same output channels_last
+    assert launch._tiles(4096, 1, cuda) == (4096, 1, 4)  # Linear output 8192x4096, bias over dim -1
+    assert launch._tiles(10, 100000, cuda) == (2, 2048, 4)  # 0.4% padding (4096 wide: 2.4%)
