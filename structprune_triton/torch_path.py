@@ -43,7 +43,9 @@ def select_rows(t: Tensor, mask: Tensor) -> Tensor:
 # With autograd, below this size one native ``torch.where`` (native backward) is cheaper than
 # :class:`_SelectRows`, whose Python ``autograd.Function`` costs ~15 us per direction on the 2-core
 # CPU machine; above it the integer multiply's speed wins (bench/NOTES.md: equal near 32K
-# elements, 1.5x faster at 512K). Without autograd the integer multiply always wins.
+# elements, 1.5x faster at 512K). Without autograd the integer multiply always wins. CUDA tensors
+# (the torch path only gets small ones there) always take ``where``: on the GPU it is one kernel
+# per direction like the multiply, so the Function's Python cost would buy nothing.
 WHERE_MAX_NUMEL_GRAD = 1 << 15
 
 
@@ -71,7 +73,7 @@ def row_mask(x: Tensor, mask: Tensor) -> Tensor:
     if mask.dtype == torch.bool and x.dtype in _SAME_WIDTH_INT:
         if not (x.requires_grad and torch.is_grad_enabled()):
             return select_rows(x, mask)
-        if x.numel() > WHERE_MAX_NUMEL_GRAD:
+        if x.numel() > WHERE_MAX_NUMEL_GRAD and not x.is_cuda:
             return _SelectRows.apply(x, mask)
     return row_mask_traceable(x, mask)
 
