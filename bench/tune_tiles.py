@@ -58,8 +58,9 @@ def cases(smoke: bool) -> list[TileCase]:
 
 
 def candidates(R: int, B: int, smoke: bool) -> list[tuple[int, int, int]]:
-    """``(BLOCK_R, BLOCK_B, warps)`` to try: the policy's tile first, then that tile with other warp
-    counts, other tile sizes of the same row width, and other row widths at 4096 elements."""
+    """``(rows, width, warps)`` tiles to try for ``R`` rows of ``B`` contiguous elements (as
+    ``launch._tiles`` takes them): the policy's tile first, then that tile with other warp counts,
+    other tile sizes of the same width, and other widths at 4096 elements."""
     block_r, block_b, warps = launch._gpu_tiles(R, B)
     out = [(block_r, block_b, warps)]
 
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     copy = copy_gbps(device, args.smoke)
     lines = [f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu (interpreter)'} · "
              f"torch {torch.__version__} · copy bandwidth {copy:.0f} GB/s" if copy else "device: cpu (interpreter)",
-             "", "| case | BLOCK_R x BLOCK_B | warps | time | GB/s | % copy | |", "|---|---|---|---|---|---|---|"]
+             "", "| case | tile rows x width | warps | time | GB/s | % copy | |", "|---|---|---|---|---|---|---|"]
     chosen_tiles = launch._tiles
     failures = 0
     try:
@@ -155,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             x, mask, bias, dim = inputs(case, device)
             from structprune_triton.layout import dense_3d
 
-            _, R, B = dense_3d(x, dim)
+            A, R, B = dense_3d(x, dim)
+            # the tile's (rows, contiguous width): as launch._geometry lays them out
+            tile_rows, tile_width = (A, R) if B == 1 and A > 1 else (R, B)
             expected = reference(case, x, mask, bias, dim)
             dst = torch.empty_like(x)
             live = int(mask.sum()) if case.op == "row_mask" else R
             moved = (x.numel() * live // R + x.numel()) * x.element_size()
             results = []
-            for i, (block_r, block_b, warps) in enumerate(candidates(R, B, args.smoke)):
+            for i, (block_r, block_b, warps) in enumerate(candidates(tile_rows, tile_width, args.smoke)):
                 launch._tiles = lambda *_a, t=(block_r, block_b, warps): t  # noqa: E731
                 out = run_one(case, x, mask, bias, dim, dst)
                 if not torch.equal(out, expected):
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 gbps = moved / (ms * 1e-3) / 1e9
                 tag = ("**policy**" if is_chosen else "") + (" best" if ms == best else "")
                 pct = f"{100 * gbps / copy:.0f}%" if copy else ""
-                lines.append(f"| {case.name} (R={R}, B={B}) | {block_r}x{block_b} | {warps} | {ms * 1e3:.1f} us | "
+                lines.append(f"| {case.name} (A={A}, R={R}, B={B}) | {block_r}x{block_b} | {warps} | {ms * 1e3:.1f} us | "
                              f"{gbps:.0f} | {pct} | {tag.strip()} |")
     finally:
         launch._tiles = chosen_tiles

@@ -1,12 +1,13 @@
 """Triton kernels, nothing else: pure ``@triton.jit`` functions.
 
-Both kernels work on a dense tensor seen as ``(A, R, B)``: ``R`` is the masked dimension (dim 0 of
-a weight, the channel dimension of an activation), ``A`` every dimension laid out outside it in
-memory and ``B`` every dimension inside it (``B`` is the stride of the masked dimension). Element
-``(a, r, b)`` lives at ``a * R * B + r * B + b``. Any dense layout (contiguous, channels_last,
-permuted) has this form, so no index arithmetic is needed per element. One program handles one
-``BLOCK_R x BLOCK_B`` tile; offsets are int64. Arithmetic runs in ``COMPUTE`` (fp32, or fp64 when a
-tensor is fp64) and is cast on store: the interpreter does wrong bf16 arithmetic otherwise.
+Both kernels work on a dense tensor whose element ``(o, r, c)`` lives at ``o * s_o + r * s_r +
+c * s_c`` from its data pointer: ``r`` is the masked dimension (dim 0 of a weight, the channel
+dimension of an activation), ``c`` the dimension a tile spans besides ``r``, ``o`` the rest (one
+program handles one ``BLOCK_R x BLOCK_C`` tile of one ``o``). Any dense layout (contiguous,
+channels_last, permuted) has this form, so no index arithmetic is needed per element; the
+launchers choose which dimension is ``c`` (see ``launch.py``). Offsets are int64. Arithmetic runs
+in ``COMPUTE`` (fp32, or fp64 when a tensor is fp64) and is cast on store: the interpreter does
+wrong bf16 arithmetic otherwise.
 """
 
 import triton
@@ -14,19 +15,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _tile(pid, R, B, BLOCK_R: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Rows, columns and base offset of program ``pid``'s tile, and whether it is the first tile of
-    its rows (``a == 0`` and first b-block). ``pid`` runs over b-blocks fastest."""
+def _tile(pid, R, C, s_o, s_r, s_c, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Rows, element offsets and in-bounds mask of program ``pid``'s tile, and whether it is the
+    first tile of its rows (``o == 0`` and first c-block). ``pid`` runs over c-blocks fastest."""
     pid = pid.to(tl.int64)
-    n_b = tl.cdiv(B, BLOCK_B)
+    n_c = tl.cdiv(C, BLOCK_C)
     n_r = tl.cdiv(R, BLOCK_R)
-    b_blk = pid % n_b
-    rest = pid // n_b
+    c_blk = pid % n_c
+    rest = pid // n_c
     r_blk = rest % n_r
-    a = rest // n_r
+    o = rest // n_r
     rows = r_blk * BLOCK_R + tl.arange(0, BLOCK_R).to(tl.int64)
-    cols = b_blk * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-    return rows, cols, a * R * B, (a == 0) & (b_blk == 0)
+    cols = c_blk * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)
+    offs = o * s_o + rows[:, None] * s_r + cols[None, :] * s_c
+    in_bounds = (rows < R)[:, None] & (cols < C)[None, :]
+    return rows, offs, in_bounds, (o == 0) & (c_blk == 0)
 
 
 @triton.jit
@@ -44,20 +47,20 @@ def row_mask_kernel(
     mask_ptr,
     out_ptr,
     R,
-    B,
+    C,
+    s_o,
+    s_r,
+    s_c,
     mask_stride,
     COMPUTE: tl.constexpr,
     BLOCK_R: tl.constexpr,
-    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    """``out[a, r, b] = x[a, r, b] * mask[r]``; rows whose mask is 0 are written as exact zeros
+    """``out[o, r, c] = x[o, r, c] * mask[r]``; rows whose mask is 0 are written as exact zeros
     without being read (a masked row costs no read bandwidth, and NaN/inf there do not leak)."""
-    rows, cols, base, _first = _tile(tl.program_id(0), R, B, BLOCK_R, BLOCK_B)
-    row_ok = rows < R
-    m = tl.load(mask_ptr + rows * mask_stride, mask=row_ok, other=0).to(COMPUTE)
+    rows, offs, in_bounds, _first = _tile(tl.program_id(0), R, C, s_o, s_r, s_c, BLOCK_R, BLOCK_C)
+    m = tl.load(mask_ptr + rows * mask_stride, mask=rows < R, other=0).to(COMPUTE)
     live = m != 0
-    in_bounds = row_ok[:, None] & (cols < B)[None, :]
-    offs = base + rows[:, None] * B + cols[None, :]
     x = tl.load(x_ptr + offs, mask=in_bounds & live[:, None], other=0).to(COMPUTE)
     y = tl.where(live[:, None], x * m[:, None], 0.0)
     tl.store(out_ptr + offs, _narrow(y, out_ptr), mask=in_bounds)
@@ -71,7 +74,10 @@ def bias_add_kernel(
     dst_ptr,
     bias_out_ptr,
     R,
-    B,
+    C,
+    s_o,
+    s_r,
+    s_c,
     bias_stride,
     mask_stride,
     bias_out_stride,
@@ -79,12 +85,12 @@ def bias_add_kernel(
     WRITE_BIAS: tl.constexpr,
     COMPUTE: tl.constexpr,
     BLOCK_R: tl.constexpr,
-    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    """``dst[a, r, b] = src[a, r, b] + bias'[r]`` with ``bias' = where(mask != 0, bias, 0)`` when
+    """``dst[o, r, c] = src[o, r, c] + bias'[r]`` with ``bias' = where(mask != 0, bias, 0)`` when
     ``APPLY_MASK``, else ``bias``. ``src`` may be ``dst`` (in place). With ``WRITE_BIAS`` the tiles
-    at ``a == 0, b-block == 0`` also store ``bias'`` to ``bias_out`` (each entry written once)."""
-    rows, cols, base, first = _tile(tl.program_id(0), R, B, BLOCK_R, BLOCK_B)
+    at ``o == 0, c-block == 0`` also store ``bias'`` to ``bias_out`` (each entry written once)."""
+    rows, offs, in_bounds, first = _tile(tl.program_id(0), R, C, s_o, s_r, s_c, BLOCK_R, BLOCK_C)
     row_ok = rows < R
     bias = tl.load(bias_ptr + rows * bias_stride, mask=row_ok, other=0).to(COMPUTE)
     if APPLY_MASK:
@@ -93,7 +99,5 @@ def bias_add_kernel(
     if WRITE_BIAS:
         if first:
             tl.store(bias_out_ptr + rows * bias_out_stride, _narrow(bias, bias_out_ptr), mask=row_ok)
-    in_bounds = row_ok[:, None] & (cols < B)[None, :]
-    offs = base + rows[:, None] * B + cols[None, :]
     y = tl.load(src_ptr + offs, mask=in_bounds, other=0).to(COMPUTE) + bias[:, None]
     tl.store(dst_ptr + offs, _narrow(y, dst_ptr), mask=in_bounds)

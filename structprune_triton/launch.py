@@ -17,8 +17,9 @@ from .torch_path import masked_bias
 
 # Elements per program. The interpreter costs about 1 ms per program instance whatever its size, so
 # it gets one big tile fitted to the shape. On the GPU a tile holds at most GPU_TILE elements
-# (32 a thread at GPU_MAX_WARPS warps), as BLOCK_R x BLOCK_B powers of two chosen per shape by
-# `_gpu_tiles`. A first choice from lane counts, not yet tuned by measurement (bench/NOTES.md).
+# (32 a thread at GPU_MAX_WARPS warps): rows x a contiguous width, powers of two chosen per shape by
+# `_gpu_tiles` (which dims are the rows and the width: `_geometry`). A first choice from lane
+# counts, not yet tuned by measurement (bench/NOTES.md; `bench/tune_tiles.py` measures it).
 GPU_TILE, GPU_MAX_WARPS = 4096, 4
 # Narrowest tile row on the GPU when a row (B) is wider than this: row segments of 64 (bf16) or
 # 128 (fp32) bytes keep loads coalesced.
@@ -31,10 +32,10 @@ def _pow2(n: int) -> int:
 
 
 def _gpu_tiles(R: int, B: int) -> tuple[int, int, int]:
-    """``(BLOCK_R, BLOCK_B, num_warps)`` for the GPU: the power-of-two tile of at most ``GPU_TILE``
-    elements that wastes the fewest lanes on ``(R, B)`` (the padding of partial tiles), the wider one
-    on ties. Each dim is padded less than 2x, where a fixed 4096-wide tile ran e.g. 19% of its lanes
-    on a 28x28 feature map (B = 784) and 6% on a channels_last 256-channel output (B = 1)."""
+    """``(BLOCK_R, BLOCK_B, num_warps)`` for ``R`` rows of ``B`` contiguous elements on the GPU: the
+    power-of-two tile of at most ``GPU_TILE`` elements that wastes the fewest lanes (the padding of
+    partial tiles), the wider one on ties. Each dim is padded less than 2x, where a fixed 4096-wide
+    tile ran e.g. 19% of its lanes on rows of a 28x28 feature map (B = 784)."""
     widest = min(_pow2(B), GPU_TILE)
     narrowest = min(widest, GPU_MIN_BLOCK_B)
     best = None
@@ -50,7 +51,7 @@ def _gpu_tiles(R: int, B: int) -> tuple[int, int, int]:
 
 
 def _tiles(R: int, B: int, device: torch.device) -> tuple[int, int, int]:
-    """``(BLOCK_R, BLOCK_B, num_warps)`` for an ``(A, R, B)`` view on ``device``."""
+    """``(BLOCK_R, BLOCK_B, num_warps)`` for ``R`` rows of ``B`` contiguous elements on ``device``."""
     if device.type == "cpu":
         block_b = min(_pow2(B), INTERPRETER_TILE)
         block_r = min(_pow2(R), max(1, INTERPRETER_TILE // block_b))
@@ -62,8 +63,23 @@ def _compute(*dtypes: torch.dtype):
     return tl.float64 if torch.float64 in dtypes else tl.float32
 
 
-def _grid(A: int, R: int, B: int, block_r: int, block_b: int) -> tuple[int]:
-    return (A * triton.cdiv(R, block_r) * triton.cdiv(B, block_b),)
+def _geometry(t: Tensor, dim: int) -> tuple[tuple, dict]:
+    """Kernel arguments ``(R, C, s_o, s_r, s_c)``, the grid and the tile meta-parameters for the dense
+    tensor ``t`` masked along ``dim`` (see ``kernels.py``), from its ``(A, R, B)`` view.
+
+    Usually a tile spans ``r`` and ``b`` (``c = b``, contiguous) within one ``a``. When the masked
+    dim is innermost (``B == 1``: a Linear output masked over its last dim, a channels_last
+    activation) a tile spans ``r`` (now contiguous) and several ``a`` instead (``c = a``), so that
+    it is full even when there are few channels."""
+    A, R, B = dense_3d(t, dim)
+    if B == 1 and A > 1:
+        block_c, block_r, warps = _tiles(A, R, t.device)
+        args, outer, C = (R, A, 0, 1, R), 1, A
+    else:
+        block_r, block_c, warps = _tiles(R, B, t.device)
+        args, outer, C = (R, B, R * B, B, 1), A, B
+    grid = (outer * triton.cdiv(R, block_r) * triton.cdiv(C, block_c),)
+    return args, {"grid": grid, "BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}
 
 
 def row_mask(x: Tensor, mask: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
@@ -74,12 +90,9 @@ def row_mask(x: Tensor, mask: Tensor, out_dtype: torch.dtype | None = None) -> T
         return out
     if not is_dense(x):
         x = torch.empty_like(out, dtype=x.dtype).copy_(x)  # same strides as out
-    A, R, B = dense_3d(x, 0)
-    block_r, block_b, warps = _tiles(R, B, x.device)
-    row_mask_kernel[_grid(A, R, B, block_r, block_b)](
-        x, mask, out, R, B, mask.stride(0),
-        COMPUTE=_compute(out.dtype, x.dtype, mask.dtype), BLOCK_R=block_r, BLOCK_B=block_b, num_warps=warps,
-    )
+    args, meta = _geometry(x, 0)
+    grid = meta.pop("grid")
+    row_mask_kernel[grid](x, mask, out, *args, mask.stride(0), COMPUTE=_compute(out.dtype, x.dtype, mask.dtype), **meta)
     return out
 
 
@@ -101,14 +114,12 @@ def bias_add(
         if bias_out is not None and prune_bias:
             bias_out.copy_(masked_bias(bias, mask))
         return target
-    A, R, B = dense_3d(out, dim)
-    block_r, block_b, warps = _tiles(R, B, out.device)
+    args, meta = _geometry(out, dim)
+    grid = meta.pop("grid")
     write_bias = bias_out is not None and prune_bias
-    bias_add_kernel[_grid(A, R, B, block_r, block_b)](
-        out, bias, mask, target, bias_out if write_bias else bias,
-        R, B, bias.stride(0), mask.stride(0), (bias_out if write_bias else bias).stride(0),
-        APPLY_MASK=prune_bias, WRITE_BIAS=write_bias, COMPUTE=_compute(out.dtype, bias.dtype),
-        BLOCK_R=block_r, BLOCK_B=block_b, num_warps=warps,
+    bias_dst = bias_out if write_bias else bias
+    bias_add_kernel[grid](
+        out, bias, mask, target, bias_dst, *args, bias.stride(0), mask.stride(0), bias_dst.stride(0),
+        APPLY_MASK=prune_bias, WRITE_BIAS=write_bias, COMPUTE=_compute(out.dtype, bias.dtype), **meta,
     )
     return target
-

@@ -61,6 +61,25 @@ def test_row_mask_many_tiles(small_tiles, dtype, shape, mask_dtype):
     assert torch.equal(out, reference_row_mask(x, mask, torch.result_type(mask, x)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: torch.randn(19, 37).t(), lambda: torch.randn(3, 7, 5).permute(2, 0, 1),
+     lambda: torch.randn(6, 1, 4).permute(2, 1, 0)],
+    ids=["transposed", "permuted", "size1-middle"],
+)
+def test_row_mask_many_tiles_masked_dim_innermost(small_tiles, dtype, make):
+    """Dim 0 laid out innermost (B == 1): tiles then span several outer indices (launch._geometry)."""
+    from structprune_triton import launch
+
+    x = make().to(DEVICE, dtype)
+    assert x.stride(0) == 1
+    mask = random_mask(x.shape[0], torch.bool, 0.6)
+    out = launch.row_mask(x, mask)
+    assert out.stride() == x.stride()
+    assert torch.equal(out, reference_row_mask(x, mask, dtype))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("dim_layout", ["linear", "conv", "conv_cl", "btc"])
 @pytest.mark.parametrize("prune_bias", [True, False])
@@ -164,14 +183,22 @@ def test_gpu_tiles_waste_few_lanes(r, b):
         assert _padding(r, block_r) * _padding(b, block_b) < 1.3 or block_r * block_b == launch.GPU_TILE
 
 
-def test_gpu_tiles_for_common_layers():
-    """The choices the kernels get for the bench's shapes (recorded so a change is deliberate)."""
+def test_gpu_geometry_for_common_layers():
+    """The tiles the kernels get for the bench's shapes (recorded so that a change is deliberate):
+    (BLOCK_R, BLOCK_C, warps, programs); full tiles, no padding."""
     from structprune_triton import launch
 
-    cuda = torch.device("cuda")
-    assert launch._tiles(16384, 4096, cuda) == (1, 4096, 4)  # weight 16384x4096
-    assert launch._tiles(1024, 9216, cuda) == (4, 1024, 4)  # conv weight 1024x1024x3x3: no padding
-    assert launch._tiles(256, 3136, cuda) == (64, 64, 4)  # 64x256x56x56 output, bias over dim 1
-    assert launch._tiles(256, 1, cuda) == (256, 1, 1)  # the same output channels_last
-    assert launch._tiles(4096, 1, cuda) == (4096, 1, 4)  # Linear output 8192x4096, bias over dim -1
-    assert launch._tiles(10, 100000, cuda) == (2, 2048, 4)  # 0.4% padding (4096 wide: 2.4%)
+    def geometry(shape, dim, channels_last=False):
+        t = torch.empty(shape, device="meta", dtype=torch.bfloat16)  # not "cpu": the GPU tiles
+        if channels_last:
+            t = t.to(memory_format=torch.channels_last)
+        _, meta = launch._geometry(t, dim)
+        return meta["BLOCK_R"], meta["BLOCK_C"], meta["num_warps"], meta["grid"][0]
+
+    assert geometry((16384, 4096), 0) == (1, 4096, 4, 16384)  # weight: one row a program
+    assert geometry((1024, 1024, 3, 3), 0) == (4, 1024, 4, 256 * 9)  # conv weight, rows of 9216
+    assert geometry((64, 256, 56, 56), 1) == (64, 64, 4, 64 * 4 * 49)  # conv output, 3136 a row
+    # channels_last: channels innermost, so a tile is 256 channels x 16 pixels
+    assert geometry((64, 256, 56, 56), 1, channels_last=True) == (256, 16, 4, 64 * 56 * 56 // 16)
+    assert geometry((8192, 4096), 1) == (4096, 1, 4, 8192)  # Linear output, bias over the last dim
+    assert launch._tiles(10, 100000, torch.device("cuda")) == (2, 2048, 4)  # 0.4% padding (4096: 2.4%)
