@@ -82,17 +82,20 @@ class _BiasAdd(torch.autograd.Function):
 def bias_hook(output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
     """What ``BiasHook`` does to a module output: with ``prune_bias`` zero the dead entries of the
     parameter ``bias`` in place (no host sync), then add it along ``dim``. ``bias`` gets no
-    gradient. Eager: ``output`` is updated in place and returned (as upstream); compiled: a new
-    tensor is returned (the graph stays functional)."""
+    gradient. ``output`` is updated in place and returned (as upstream), except in a compiled graph
+    that runs the Triton op, which returns a new tensor (an op that mutates its input cannot carry
+    an autograd formula)."""
     check_bias(output, bias, mask, dim)
     dim = dim % output.dim()
     if torch.compiler.is_compiling():
         if prune_bias:
             with torch.no_grad():
-                bias.masked_fill_(~torch_path.keep(mask), 0)
+                bias[~torch_path.keep(mask)] = 0  # an index_put: Inductor materialises it (see below)
         if _kernels_for(output, bias, eager=False):
             return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
-        return torch_path.bias_add_traceable(output, bias.detach(), mask, dim, prune_bias)
+        # in place as in eager: where `output` is a graph input, Inductor then writes it in place
+        # instead of allocating a new output (bias is already masked above)
+        return output.add_(torch_path.row_view(bias.detach(), output.dim(), dim))
     data = bias.data  # as upstream: no autograd, no version bump on the parameter
     if _kernels_for(output, data, eager=True) and is_dense(output):
         launch.bias_add(output, data, mask, dim, prune_bias, bias_out=data)

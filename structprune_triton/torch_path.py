@@ -110,13 +110,6 @@ def bias_add_(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: boo
     return out.add_(row_view(bias, out.dim(), dim))
 
 
-def bias_add_traceable(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
-    """Functional ``out + bias'`` (``bias'`` masked if ``prune_bias``) in ``out``'s dtype, as plain
-    torch ops for compiled graphs; the gradient w.r.t. ``out`` is the identity."""
-    b = masked_bias(bias, mask) if prune_bias else bias
-    return torch.add(out, row_view(b, out.dim(), dim)).to(out.dtype)
-
-
 def bias_add_into(out: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, dst: Tensor) -> Tensor:
     """Functional form of :func:`bias_add_`: ``bias`` is left alone, the sum goes to ``dst``."""
     b = masked_bias(bias, mask) if prune_bias else bias
