@@ -90,10 +90,16 @@ def bias_hook(output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: 
     if torch.compiler.is_compiling():
         if prune_bias:
             with torch.no_grad():
-                bias[~torch_path.keep(mask)] = 0  # an index_put: Inductor materialises it (see below)
+                dead = ~torch_path.keep(mask)
+                if output.is_cpu:
+                    # an index_put, which Inductor's CPU code computes once; it inlined a
+                    # masked_fill into the per-element add loop below (3x slower, bench/NOTES.md)
+                    bias[dead] = 0
+                else:  # no boolean indexing on CUDA: outside Inductor it would sync the host
+                    bias.masked_fill_(dead, 0)
         if _kernels_for(output, bias, eager=False):
             return _BiasAdd.apply(output, bias.detach(), mask, dim, prune_bias)
-        # in place as in eager: where `output` is a graph input, Inductor then writes it in place
+        # in place as in eager: where `output` is a graph input, Inductor writes it in place
         # instead of allocating a new output (bias is already masked above)
         return output.add_(torch_path.row_view(bias.detach(), output.dim(), dim))
     data = bias.data  # as upstream: no autograd, no version bump on the parameter

@@ -38,6 +38,20 @@ def test_no_host_sync_forward_backward(backend, prune_bias):
     torch.cuda.synchronize()
 
 
+def test_no_host_sync_compiled(backend):
+    """The same under torch.compile (inductor), after the compiling call."""
+    model = torch.compile(mlp(prune_bias=True), fullgraph=True)
+    x = torch.randn(16, 64, device="cuda")
+    model(x).sum().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(x).sum().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
 def test_upstream_hook_syncs_with_prune_bias():
     """Why the check above matters: upstream's `bias[~mask] = 0` synchronises the host."""
     model = mlp(UpstreamFSS, UpstreamBiasHook, prune_bias=True)
