@@ -28,6 +28,7 @@ if SMOKE:  # must be set before triton (and the package) are imported
 import torch  # noqa: E402
 
 from structprune_triton import launch, torch_path  # noqa: E402
+from structprune_triton.layout import dense_3d  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -154,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(f"| (budget of {args.budget_s:.0f} s spent: later cases not run) | | | | | | |")
                 break
             x, mask, bias, dim = inputs(case, device)
-            from structprune_triton.layout import dense_3d
-
             A, R, B = dense_3d(x, dim)
             # the tile's (rows, contiguous width): as launch._geometry lays them out
             tile_rows, tile_width = (A, R) if B == 1 and A > 1 else (R, B)

@@ -63,7 +63,7 @@ def _compute(*dtypes: torch.dtype):
     return tl.float64 if torch.float64 in dtypes else tl.float32
 
 
-def _geometry(t: Tensor, dim: int) -> tuple[tuple, dict]:
+def _geometry(t: Tensor, dim: int) -> tuple[tuple, tuple, dict]:
     """Kernel arguments ``(R, C, s_o, s_r, s_c)``, the grid and the tile meta-parameters for the dense
     tensor ``t`` masked along ``dim`` (see ``kernels.py``), from its ``(A, R, B)`` view.
 
@@ -79,7 +79,7 @@ def _geometry(t: Tensor, dim: int) -> tuple[tuple, dict]:
         block_r, block_c, warps = _tiles(R, B, t.device)
         args, outer, C = (R, B, R * B, B, 1), A, B
     grid = (outer * triton.cdiv(R, block_r) * triton.cdiv(C, block_c),)
-    return args, {"grid": grid, "BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}
+    return args, grid, {"BLOCK_R": block_r, "BLOCK_C": block_c, "num_warps": warps}
 
 
 def row_mask(x: Tensor, mask: Tensor, out_dtype: torch.dtype | None = None) -> Tensor:
@@ -90,8 +90,7 @@ def row_mask(x: Tensor, mask: Tensor, out_dtype: torch.dtype | None = None) -> T
         return out
     if not is_dense(x):
         x = torch.empty_like(out, dtype=x.dtype).copy_(x)  # same strides as out
-    args, meta = _geometry(x, 0)
-    grid = meta.pop("grid")
+    args, grid, meta = _geometry(x, 0)
     row_mask_kernel[grid](x, mask, out, *args, mask.stride(0), COMPUTE=_compute(out.dtype, x.dtype, mask.dtype), **meta)
     return out
 
@@ -114,8 +113,7 @@ def bias_add(
         if bias_out is not None and prune_bias:
             bias_out.copy_(masked_bias(bias, mask))
         return target
-    args, meta = _geometry(out, dim)
-    grid = meta.pop("grid")
+    args, grid, meta = _geometry(out, dim)
     write_bias = bias_out is not None and prune_bias
     bias_dst = bias_out if write_bias else bias
     bias_add_kernel[grid](

@@ -25,17 +25,22 @@ def mlp(param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True):
     return model
 
 
+def run_without_host_sync(step) -> None:
+    """Run ``step`` with CUDA's sync debug mode raising on any host synchronisation."""
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("prune_bias", [True, False])
 def test_no_host_sync_forward_backward(backend, prune_bias):
     model = mlp(prune_bias=prune_bias)
     x = torch.randn(16, 64, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        model(x).sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    run_without_host_sync(lambda: model(x).sum().backward())
 
 
 def test_no_host_sync_compiled(backend):
@@ -43,26 +48,15 @@ def test_no_host_sync_compiled(backend):
     model = torch.compile(mlp(prune_bias=True), fullgraph=True)
     x = torch.randn(16, 64, device="cuda")
     model(x).sum().backward()
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        model(x).sum().backward()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    torch.cuda.synchronize()
+    run_without_host_sync(lambda: model(x).sum().backward())
 
 
 def test_upstream_hook_syncs_with_prune_bias():
     """Why the check above matters: upstream's `bias[~mask] = 0` synchronises the host."""
     model = mlp(UpstreamFSS, UpstreamBiasHook, prune_bias=True)
     x = torch.randn(16, 64, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        with pytest.raises(RuntimeError, match="(?i)synchroniz"):
-            model(x)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    with pytest.raises(RuntimeError, match="(?i)synchroniz"):
+        run_without_host_sync(lambda: model(x))
 
 
 def test_non_default_stream(backend):

@@ -192,8 +192,8 @@ def test_gpu_geometry_for_common_layers():
         t = torch.empty(shape, device="meta", dtype=torch.bfloat16)  # not "cpu": the GPU tiles
         if channels_last:
             t = t.to(memory_format=torch.channels_last)
-        _, meta = launch._geometry(t, dim)
-        return meta["BLOCK_R"], meta["BLOCK_C"], meta["num_warps"], meta["grid"][0]
+        _, grid, meta = launch._geometry(t, dim)
+        return meta["BLOCK_R"], meta["BLOCK_C"], meta["num_warps"], grid[0]
 
     assert geometry((16384, 4096), 0) == (1, 4096, 4, 16384)  # weight: one row a program
     assert geometry((1024, 1024, 3, 3), 0) == (4, 1024, 4, 256 * 9)  # conv weight, rows of 9216
