@@ -16,6 +16,30 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+SMALL = (
+    "--device",
+    "cpu",
+    "--rounds",
+    "2",
+    "--steps",
+    "1",
+    "--warmup",
+    "1",
+    "--batch-size",
+    "4",
+    "--width",
+    "8",
+    "--sparsity",
+    "0.25",
+    "--seed",
+    "3",
+)
+ROW = re.compile(
+    r"^(upstream \(baseline\)|ours: masked dense|ours \+ skip rows|ours \+ skip chains|pruned model) +"
+    r"(eager|compiled) +([0-9.]+) +(\S+)(?: \[([0-9.]+)-([0-9.]+)\] (same|faster|slower))? +(\S+) +(\S+)"
+    r" +[0-9.]+->[0-9.]+ +[0-9,]+ +(PASS|FAIL|-)$",
+    re.MULTILINE,
+)
 
 
 def run_demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -23,45 +47,102 @@ def run_demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "structprune_triton", *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def test_help() -> None:
     proc = run_demo("--help", timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for option in ("--device", "--steps", "--warmup", "--sparsity", "--batch-size", "--compile", "--no-compile", "--seed",
-                   "--width"):
+    for option in (
+        "--device",
+        "--rounds",
+        "--steps",
+        "--warmup",
+        "--sparsity",
+        "--batch-size",
+        "--compile",
+        "--no-compile",
+        "--compile-backend",
+        "--threads",
+        "--seed",
+        "--width",
+    ):
         assert option in proc.stdout
 
 
-def test_bad_arguments_are_rejected(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sparsity", "1.5"],
+        ["--steps", "0"],
+        ["--rounds", "0"],
+        ["--warmup", "-1"],
+        ["--batch-size", "0"],
+        ["--device", "tpu"],
+        ["--width", "0"],
+    ],
+)
+def test_bad_arguments_are_rejected(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     from structprune_triton import demo
 
-    for argv in (["--sparsity", "1.5"], ["--steps", "0"], ["--warmup", "-1"], ["--batch-size", "0"],
-                 ["--device", "tpu"], ["--width", "0"]):
-        with pytest.raises(SystemExit) as exc:
-            demo.parse_args(argv)
-        assert exc.value.code == 2
-        assert argv[0] in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        demo.parse_args(argv)
+    assert exc.value.code == 2
+    assert argv[0] in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("device", ["cpu"])
-def test_demo_small_run(device: str) -> None:
-    proc = run_demo("--device", device, "--steps", "2", "--warmup", "1", "--batch-size", "4",
-                    "--sparsity", "0.25", "--no-compile", "--seed", "3")
+def test_ratio_spread_says_same_only_when_the_range_holds_one() -> None:
+    from structprune_triton.demo_timing import describe_ratio, ratio_spread
+
+    assert ratio_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0)
+    assert describe_ratio([0.9, 1.0, 1.1, 1.2]).endswith(" same")
+    assert describe_ratio([1.2, 1.3, 1.4]).endswith(" faster")
+    assert describe_ratio([0.7, 0.8, 0.85]).endswith(" slower")
+
+
+def test_interleaved_rounds_rotate_the_order() -> None:
+    from structprune_triton.demo_timing import interleaved_rounds
+
+    calls: list[str] = []
+    ticks = iter(range(1000))
+    times = interleaved_rounds(
+        [lambda: calls.append("a"), lambda: calls.append("b")], rounds=2, per_round=2, now=lambda: float(next(ticks))
+    )
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]
+    assert times == [[0.5, 0.5], [0.5, 0.5]]  # one tick before and after each block of 2 calls
+
+
+def test_demo_small_run() -> None:
+    proc = run_demo(*SMALL, "--no-compile")
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    # progress lines, the table (a row per variant) and the verdict
-    assert "[" in out and "timed fine-tuning steps" in out
-    assert "ms/step" in out and "max|pruned-masked|" in out
-    rows = [line for line in out.splitlines()
-            if re.match(r"(upstream|structprune_triton|structprune_triton \+ skip_masked_rows) +(eager|compiled) ", line)]
-    assert len(rows) == 3 and all(row.rstrip().endswith("PASS") for row in rows), out
-    assert "pruned layers skip their masked rows" in out
-    assert "torch " in out and "triton " in out and "python " in out
-    assert "parameters: " in out and "after pruning" in out
-    assert "pruned output, structprune_triton eager vs upstream eager: max abs difference 0.0e+00" in out
+    rows = ROW.findall(out)
+    names = [r[0] for r in rows]
+    assert names[:2] == ["upstream (baseline)", "ours: masked dense"] and "pruned model" in names, out
+    assert all(r[1] == "eager" for r in rows)
+    assert rows[0][3] == "baseline" and all(r[4] for r in rows[1:]), out  # every other row has its spread
+    assert all(r[-1] == ("-" if r[0] == "pruned model" else "PASS") for r in rows), out
+    assert "versions  torch " in out and "kernels   " in out
+    assert "pruned output, ours: masked dense, eager vs upstream eager: max abs difference 0.0e+00" in out
     assert "\nPASS: pruned model output matches the masked model" in out
-    if os.environ.get("TRITON_INTERPRET") == "1" and device == "cpu":
+    if os.environ.get("TRITON_INTERPRET") == "1":
         assert "interpreter" in out  # the Triton kernels ran
+
+
+def test_demo_compiled_rows_are_one_graph_in_any_order() -> None:
+    """Ours compiled is one graph with no break even though upstream's compiled row (graph breaks:
+    Dynamo skips torch/ao) is compiled first, from the same model class."""
+    proc = run_demo(*SMALL, "--compile", "--compile-backend", "aot_eager", timeout=600)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    compiled = {r[0]: r for r in ROW.findall(out) if r[1] == "compiled"}
+    assert int(compiled["upstream (baseline)"][7].split("/")[1]) > 0, out  # upstream's graph breaks
+    for name, row in compiled.items():
+        if name != "upstream (baseline)":
+            assert row[7] == "1/0", (name, out)  # graphs/breaks

@@ -1,0 +1,78 @@
+"""What a demo or benchmark run ran on: device, which implementation of this package's ops serves it,
+versions, and the device's copy bandwidth (the floor for a memory-bound elementwise pass).
+
+Used by ``python -m structprune_triton`` and by the bench suite (``bench/``), so both print the same
+header.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+import structprune_triton
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "not installed"
+    return triton.__version__
+
+
+def _describe_backend(device: torch.device) -> str:
+    # Compatibility shim until the dispatch redesign (describe_backend) lands in main; then delete it.
+    describe = getattr(structprune_triton, "describe_backend", None)
+    if describe is not None:
+        return describe(device)
+    from structprune_triton import _backend
+
+    if not _backend.HAS_TRITON or _backend.get_backend() == "torch":
+        return "torch path"
+    if device.type == "cuda":
+        return "Triton kernels"
+    return "Triton kernels under the interpreter" if _backend.INTERPRET else "torch path (no Triton on CPU)"
+
+
+def device_name(device: torch.device) -> str:
+    """``cuda (NVIDIA H200)`` or ``cpu (2 cores, 1 torch threads, x86_64)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {platform.machine()})"
+
+
+def versions(device: torch.device) -> list[tuple[str, str]]:
+    """``[(key, value), ...]``: device, kernels (which implementation serves ``device``), versions."""
+    cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
+    version_line = (
+        f"torch {torch.__version__}{cuda}, triton {_triton_version()}, python {platform.python_version()}, "
+        f"structprune_triton {structprune_triton.__version__}"
+    )
+    return [("device", device_name(device)), ("kernels", _describe_backend(device)), ("versions", version_line)]
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """GB/s (bytes read + bytes written) of a large copy on ``device``.
+
+    CUDA: 512 MiB copied (far past any L2), median device time from ``triton.testing.do_bench``.
+    CPU: 32 MiB copied (past the last-level cache of an ordinary CPU), median of
+    ``torch.utils.benchmark.Timer.blocked_autorange``.
+    """
+    if device.type == "cuda":
+        import triton.testing
+
+        n = 512 << 20
+        src = torch.empty(n, dtype=torch.uint8, device=device).random_()
+        dst = torch.empty_like(src)
+        ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=20, rep=100, return_mode="median")
+        return 2 * n / (ms * 1e-3) / 1e9
+    from torch.utils.benchmark import Timer
+
+    n = 32 << 20
+    src = torch.empty(n, dtype=torch.uint8).random_()
+    dst = torch.empty_like(src)
+    timer = Timer("dst.copy_(src)", globals={"dst": dst, "src": src}, num_threads=torch.get_num_threads())
+    return 2 * n / timer.blocked_autorange(min_run_time=0.2).median / 1e9
