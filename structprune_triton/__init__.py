@@ -5,10 +5,12 @@ with Triton kernels behind the same interface. Change one import:
 """
 
 from . import ops  # noqa: F401  (registers torch.ops.structprune_triton.*)
-from ._backend import get_backend, set_backend
-from .functional import bias_hook, row_mask
+from .dispatch import describe_backend, kernels_run_on
+from .ops.bias_add import bias_hook
+from .ops.row_mask import row_mask
 from .parametrization import BiasHook, FakeStructuredSparsity, module_contains_param
-from .pruner import accelerate
+from .pruner import accelerate, prepare_module
+from .config import Settings, configure, current_settings, settings, use_backend
 from .skip import refresh_live_rows, skip_masked_rows
 
 __version__ = "0.1.0"
@@ -20,8 +22,14 @@ __all__ = [
     "row_mask",
     "bias_hook",
     "accelerate",
+    "prepare_module",
     "skip_masked_rows",
     "refresh_live_rows",
-    "set_backend",
-    "get_backend",
+    "Settings",
+    "settings",
+    "use_backend",
+    "configure",
+    "current_settings",
+    "describe_backend",
+    "kernels_run_on",
 ]

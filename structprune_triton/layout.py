@@ -1,4 +1,4 @@
-"""Layout helpers shared by the launchers and the fake (meta) implementations."""
+"""Shape and layout helpers shared by the ops and the launch geometry."""
 
 from __future__ import annotations
 
@@ -6,10 +6,16 @@ import torch
 from torch import Tensor
 
 
-def out_like(x: Tensor, dtype: torch.dtype) -> Tensor:
-    """Uninitialised result for an elementwise op on ``x``: ``x``'s strides when ``x`` is dense
-    (contiguous, channels_last, any permutation), else ``torch.empty_like``'s memory format."""
-    return torch.empty_like(x, dtype=dtype)
+def row_view(v: Tensor, ndim: int, dim: int = 0) -> Tensor:
+    """``v`` (1-D) reshaped to broadcast along ``dim`` of an ``ndim``-D tensor."""
+    shape = [1] * ndim
+    shape[dim] = -1
+    return v.reshape(shape)
+
+
+def live_rows(mask: Tensor) -> Tensor:
+    """Boolean "row is live" of a mask of any dtype (a bool mask is returned as is)."""
+    return mask if mask.dtype == torch.bool else mask != 0
 
 
 def is_dense(t: Tensor) -> bool:
@@ -41,3 +47,12 @@ def dense_3d(t: Tensor, dim: int) -> tuple[int, int, int]:
         return 1, R, n
     B = t.stride(dim)
     return n // (R * B), R, B
+
+
+def new_output(like: Tensor, dtype: torch.dtype, poison: bool) -> Tensor:
+    """Uninitialised result laid out like ``like`` (its strides when dense); NaN-filled if ``poison``
+    and ``dtype`` is floating (so an element a kernel fails to write shows up)."""
+    out = torch.empty_like(like, dtype=dtype)
+    if poison and dtype.is_floating_point:
+        out.fill_(float("nan"))
+    return out

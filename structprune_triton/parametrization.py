@@ -21,7 +21,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.ao.pruning._experimental.pruner import parametrization as _upstream
 
-from .functional import bias_hook, row_mask
+from .ops.bias_add import bias_hook
+from .ops.row_mask import row_mask
 
 __all__ = ["FakeStructuredSparsity", "BiasHook", "module_contains_param"]
 

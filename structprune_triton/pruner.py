@@ -44,10 +44,42 @@ __all__ = [
     "FPGMPruner",
     "LSTMSaliencyPruner",
     "accelerate",
+    "prepare_module",
 ]
 
 # Modules that get a BiasHook: the same set as upstream's ``_prepare``.
 _BIAS_HOOK_MODULES = (nn.Linear, nn.Conv2d)
+
+
+def prepare_module(
+    module: nn.Module,
+    mask: torch.Tensor | None = None,
+    *,
+    tensor_name: str = "weight",
+    prune_bias: bool = True,
+    parametrization: type[nn.Module] = FakeStructuredSparsity,
+    hook: type = BiasHook,
+    hook_param: nn.Module | None = None,
+) -> nn.Module:
+    """Prepare one module as upstream's ``BaseStructuredSparsifier._prepare`` does, without a pruner.
+
+    ``module.<tensor_name>`` gets ``parametrization(mask)`` (``mask``: all rows live if None). On an
+    ``nn.Linear``/``nn.Conv2d`` the bias moves to a ``_bias`` Parameter (``module.bias = None``,
+    ``module.prune_bias = prune_bias``) and ``hook(param, prune_bias)`` is registered as a forward
+    hook, ``param`` being the new parametrization (or ``hook_param``). Returns ``module``."""
+    if mask is None:
+        tensor = getattr(module, tensor_name)
+        mask = torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
+    parametrize.register_parametrization(module, tensor_name, parametrization(mask))
+    if not isinstance(module, _BIAS_HOOK_MODULES):
+        return module  # e.g. nn.LSTM: parametrization only, as upstream
+    if module.bias is not None:
+        module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
+        module.bias = None
+        module.prune_bias = prune_bias
+    param = hook_param if hook_param is not None else getattr(module.parametrizations, tensor_name)[0]
+    module.register_forward_hook(hook(param, prune_bias))
+    return module
 
 
 class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
@@ -77,17 +109,15 @@ class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
             self.state[config["tensor_fqn"]]["mask"] = mask
 
     def _attach(self, module: nn.Module, tensor_name: str, mask: torch.Tensor, config: dict[str, Any]) -> None:
-        """Parametrize ``module.<tensor_name>`` with ``mask`` and, for Linear/Conv2d, the bias hook."""
-        parametrization = config.get("parametrization", self.parametrization_class)
-        parametrize.register_parametrization(module, tensor_name, parametrization(mask))
-        if not isinstance(module, _BIAS_HOOK_MODULES):
-            return  # e.g. nn.LSTM: parametrization only, as upstream
-        prune_bias = config.get("prune_bias", True)
-        if module.bias is not None:
-            module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
-            module.bias = None
-            module.prune_bias = prune_bias
-        module.register_forward_hook(self.bias_hook_class(module.parametrizations.weight[0], prune_bias))
+        """Prepare ``module.<tensor_name>`` with ``mask`` as upstream's ``_prepare`` does, our classes."""
+        prepare_module(
+            module,
+            mask,
+            tensor_name=tensor_name,
+            prune_bias=config.get("prune_bias", True),
+            parametrization=config.get("parametrization", self.parametrization_class),
+            hook=self.bias_hook_class,
+        )
 
     def step(self, *args: Any, **kwargs: Any) -> None:
         """Upstream's ``step`` (``update_mask`` for every group), then

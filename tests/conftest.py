@@ -1,39 +1,31 @@
-"""Fixtures shared by the tests: backend selection and NaN-filled kernel outputs."""
+"""Fixtures shared by the tests: backend selection (with NaN-poisoned kernel outputs) and tiny tiles."""
 
 import pytest
 
 import structprune_triton
-from structprune_triton import layout, torch_path
 
-from .helpers import KERNELS, nan_out_like
+from .helpers import KERNELS
 
 # "torch-bits": the torch path with its small-tensor `torch.where` branch (with autograd) switched
-# off, so the integer-multiply branch used for large tensors is tested on small shapes too.
+# off, so the bit-zeroing branch used for large CPU tensors is tested on small shapes too.
 BACKENDS = (["triton"] if KERNELS else []) + ["torch", "torch-bits"]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
+def backend(request):
     """Run the test once per available backend: the Triton kernels (GPU, or the interpreter on
-    CPU) and both branches of the torch path. Kernel outputs are allocated NaN-filled."""
-    monkeypatch.setattr(layout, "out_like", nan_out_like)
-    for mod in ("launch", "ops"):
-        m = getattr(structprune_triton, mod, None)
-        if m is not None and hasattr(m, "out_like"):
-            monkeypatch.setattr(m, "out_like", nan_out_like)
+    CPU) and both branches of the torch path. Fresh kernel outputs are NaN-filled first."""
+    changes = {"backend": request.param.split("-")[0], "poison_outputs": True}
     if request.param == "torch-bits":
-        monkeypatch.setattr(torch_path, "WHERE_MAX_NUMEL_GRAD", 0)
-    structprune_triton.set_backend(request.param.split("-")[0])
-    yield request.param
-    structprune_triton.set_backend("auto")
+        changes["bits_min_numel_grad"] = 0
+    with structprune_triton.settings(**changes):
+        yield request.param
 
 
 @pytest.fixture
-def small_tiles(monkeypatch):
+def small_tiles():
     """Tiny tiles so that small test shapes span many programs and partial tiles."""
     if not KERNELS:
         pytest.skip("no Triton kernels on this machine")
-    from structprune_triton import launch
-
-    monkeypatch.setattr(launch, "INTERPRETER_TILE", 8)
-    monkeypatch.setattr(launch, "GPU_TILE", 8)
+    with structprune_triton.settings(interpreter_tile=8, gpu_tile=8):
+        yield

@@ -25,7 +25,9 @@ from torch.nn.utils import parametrize
 
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, assert_same, prepare_module
+from structprune_triton import prepare_module
+
+from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, assert_same
 
 OURS = (FakeStructuredSparsity, BiasHook)
 UPSTREAM = (UpstreamFSS, UpstreamBiasHook)
@@ -63,7 +65,7 @@ def prepare(model: nn.Module, ms, classes=OURS, prune_bias: bool = True) -> nn.M
             # Upstream's hook prunes with `bias[~mask]`, which only means "mask == 0" for bool
             # masks: the reference hook gets the bool mask (ours takes every dtype).
             hook_param = param_cls(mask != 0)
-        prepare_module(layer, mask.clone(), prune_bias, param_cls, hook_cls, hook_param)
+        prepare_module(layer, mask.clone(), prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls, hook_param=hook_param)
     return model
 
 

@@ -9,6 +9,7 @@ import copy
 
 import pytest
 import torch
+from torch._dynamo.backends.common import aot_autograd
 import torch._dynamo
 from torch import nn
 from torch.nn.utils import parametrize
@@ -16,7 +17,9 @@ from torch.nn.utils import parametrize
 import structprune_triton
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS, prepare_module
+from structprune_triton import prepare_module
+
+from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
 
 
 def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True, seed=0):
@@ -25,7 +28,7 @@ def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bi
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
             mask = (torch.rand(m.weight.shape[0], generator=g) < 0.6).to(DEVICE)
-            prepare_module(m, mask, prune_bias, param_cls, hook_cls)
+            prepare_module(m, mask, prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls)
     return model
 
 
@@ -105,10 +108,22 @@ def test_no_graph_breaks_and_ops_in_graph():
     assert explanation.graph_count == 1
     if not KERNELS:
         return  # the torch path traces to plain torch ops (test_compiled_torch_backend)
-    code = "\n".join(m.code for g in explanation.graphs for m in g.modules() if hasattr(m, "code"))
-    assert "torch.ops.structprune_triton.row_mask(" in code
-    assert "torch.ops.structprune_triton.row_mask_backward(" in code
-    assert "torch.ops.structprune_triton.bias_add(" in code
+    code = {"forward": [], "backward": []}
+
+    def keep(kind):
+        def compiler(gm, example_inputs):
+            code[kind].append(gm.code)
+            return gm.forward
+
+        return compiler
+
+    torch._dynamo.reset()
+    backend = aot_autograd(fw_compiler=keep("forward"), bw_compiler=keep("backward"))
+    torch.compile(model, backend=backend, fullgraph=True)(x).sum().backward()
+    forward, backward = "".join(code["forward"]), "".join(code["backward"])
+    assert "structprune_triton.row_mask.default(" in forward
+    assert "structprune_triton.bias_add.default(" in forward
+    assert "structprune_triton.row_mask_backward.default(" in backward
 
 
 def test_upstream_fails_fullgraph_where_we_compile():
@@ -147,8 +162,7 @@ def test_bf16_inductor_matches_eager_with_emulated_casts():
 def test_compiled_torch_backend(compile_backend):
     """The torch path (CPU without the interpreter) compiles to plain torch ops, equal to eager."""
     torch._dynamo.reset()
-    structprune_triton.set_backend("torch")
-    try:
+    with structprune_triton.use_backend("torch"):
         model = prepare(SmallCNN().to(DEVICE))
         x = torch.randn(2, 3, 6, 6, device=DEVICE)
         with torch._dynamo.config.patch(error_on_recompile=True):
@@ -158,8 +172,6 @@ def test_compiled_torch_backend(compile_backend):
                 if parametrize.is_parametrized(m):
                     m.parametrizations.weight[0].mask[1] = False
             assert_bitwise(run(compiled, x), run(model, x))
-    finally:
-        structprune_triton.set_backend("auto")
 
 
 @pytest.mark.parametrize("path", ["ops", "torch"])
@@ -168,8 +180,7 @@ def test_export(path):
     on the torch path (CPU, no interpreter) plain aten ops. Either way it runs and equals eager."""
     if path == "ops" and not KERNELS:
         pytest.skip("no Triton kernels on this machine")
-    structprune_triton.set_backend("triton" if path == "ops" else "torch")
-    try:
+    with structprune_triton.use_backend("triton" if path == "ops" else "torch"):
         torch.manual_seed(0)
         model = prepare(mlp().to(DEVICE)).eval()
         x = torch.randn(4, 12, device=DEVICE)
@@ -178,8 +189,6 @@ def test_export(path):
         has_ops = {any(f"structprune_triton.{op}" in t for t in targets) for op in ("row_mask", "bias_add")}
         assert has_ops == {path == "ops"}, targets
         torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=0)
-    finally:
-        structprune_triton.set_backend("auto")
 
 
 @pytest.mark.gpu

@@ -37,7 +37,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from .helpers import KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS, prepare_module
+from structprune_triton import prepare_module
+
+from .helpers import KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
 
@@ -62,7 +64,7 @@ def make_model() -> nn.Module:
 def prepare(model: nn.Module, param_cls, hook_cls) -> nn.Module:
     """Upstream's ``_prepare`` on the two Linears: parametrization, ``_bias``, BiasHook."""
     for lin, mask in zip((model[0], model[2]), MASKS):
-        prepare_module(lin, mask.clone(), True, param_cls, hook_cls)
+        prepare_module(lin, mask.clone(), prune_bias=True, parametrization=param_cls, hook=hook_cls)
     return model
 
 
@@ -99,11 +101,11 @@ def params_of(model: nn.Module) -> dict[str, torch.Tensor]:
 def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
     torch.set_num_threads(1)
     import structprune_triton as sp
-    from structprune_triton import BiasHook, FakeStructuredSparsity, _backend
+    from structprune_triton import BiasHook, FakeStructuredSparsity, config
 
     res: dict = {
         "env_TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET"),
-        "backend_INTERPRET": _backend.INTERPRET,
+        "backend_INTERPRET": config.INTERPRET,
     }
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
@@ -113,7 +115,7 @@ def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
     x, y = x_all[rank * PER_RANK : (rank + 1) * PER_RANK], y_all[rank * PER_RANK : (rank + 1) * PER_RANK]
     try:
         for backend in backends:
-            sp.set_backend(backend)
+            sp.configure(backend=backend)
             for mode in DDP_MODES:
                 model = prepare(make_model(), FakeStructuredSparsity, BiasHook)
                 kwargs = {"find_unused": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}.get(mode, {})

@@ -18,7 +18,9 @@ from torch.nn.utils import parametrize
 import structprune_triton as sp
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same, prepare_module
+from structprune_triton import prepare_module
+
+from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same
 
 ops = torch.ops.structprune_triton
 
@@ -290,8 +292,8 @@ def test_bias_hook_empty_batch(backend, kind, prune_bias):
     }[kind]
     base = make().to(DEVICE)
     mask = torch.tensor([True, False, True, False, True], device=DEVICE)
-    ours = prepare_module(make().to(DEVICE), mask.clone(), prune_bias)
-    ref = prepare_module(make().to(DEVICE), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
+    ours = prepare_module(make().to(DEVICE), mask.clone(), prune_bias=prune_bias)
+    ref = prepare_module(make().to(DEVICE), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook)
     for m in (ours, ref):
         with torch.no_grad():
             m.parametrizations.weight.original.copy_(base.weight)
@@ -436,8 +438,8 @@ def test_linear_bias_along_last_dim_for_btc_input(backend, prune_bias, T):
     torch.manual_seed(0)
     base = nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE)
     mask = torch.tensor([True, False, True, True, False, True], device=DEVICE)
-    ours = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias)
-    ups = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias, UpstreamFSS, UpstreamBiasHook)
+    ours = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias=prune_bias)
+    ups = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook)
     for m in (ours, ups):
         with torch.no_grad():
             m.parametrizations.weight.original.copy_(base.weight)

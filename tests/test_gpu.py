@@ -10,7 +10,9 @@ from torch import nn
 
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import ON_GPU, UpstreamBiasHook, UpstreamFSS, prepare_module
+from structprune_triton import prepare_module
+
+from .helpers import ON_GPU, UpstreamBiasHook, UpstreamFSS
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")]
 
@@ -21,7 +23,7 @@ def mlp(param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True):
     g = torch.Generator().manual_seed(1)
     for m in (model[0], model[2]):
         mask = (torch.rand(m.weight.shape[0], generator=g) < 0.5).cuda()
-        prepare_module(m, mask, prune_bias, param_cls, hook_cls)
+        prepare_module(m, mask, prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls)
     return model
 
 
@@ -70,7 +72,7 @@ def test_non_default_stream(backend):
         for _ in range(20):  # keep the side stream busy so a wrong-stream launch would race
             w = w * 1.0001
         ours = FakeStructuredSparsity(mask)(w)
-        lin = prepare_module(nn.Linear(8, 4096).cuda(), mask.clone(), True)
+        lin = prepare_module(nn.Linear(8, 4096).cuda(), mask.clone(), prune_bias=True)
         out = torch.randn(64, 4096, device="cuda")
         expected_out = out + torch.where(mask, lin._bias.detach(), 0)
         got_out = lin._forward_hooks[next(iter(lin._forward_hooks))](lin, None, out.clone())
@@ -114,7 +116,7 @@ def test_peak_memory_no_higher_than_upstream(backend, dtype):
     def build(param_cls, hook_cls):
         torch.manual_seed(0)
         lin = nn.Linear(4096, 4096, device="cuda", dtype=dtype)
-        return prepare_module(lin, mask.clone(), True, param_cls, hook_cls)
+        return prepare_module(lin, mask.clone(), prune_bias=True, parametrization=param_cls, hook=hook_cls)
 
     def peak(lin):
         x = torch.randn(1024, 4096, device="cuda", dtype=dtype, requires_grad=True)

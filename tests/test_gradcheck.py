@@ -16,10 +16,9 @@ import pytest
 import torch
 from torch import nn
 from torch.autograd import gradcheck, gradgradcheck
-from torch.nn.utils import parametrize
 
 import structprune_triton as sp
-from structprune_triton import BiasHook, FakeStructuredSparsity
+from structprune_triton import FakeStructuredSparsity, prepare_module
 
 from .helpers import DEVICE, ON_GPU, UpstreamFSS
 
@@ -109,10 +108,7 @@ def test_parametrized_linear_with_bias_hook(backend, mask_name, prune_bias):
     """The module path end to end: input and ``original`` weight gradients of a prepared Linear."""
     lin = nn.Linear(4, 7, dtype=F64, device=DEVICE)
     mask = masks(7)[mask_name]
-    parametrize.register_parametrization(lin, "weight", FakeStructuredSparsity(mask), unsafe=True)
-    lin.register_parameter("_bias", nn.Parameter(lin.bias.detach()))
-    lin.bias = None
-    lin.register_forward_hook(BiasHook(lin.parametrizations.weight[0], prune_bias))
+    prepare_module(lin, mask, prune_bias=prune_bias)
     original = lin.parametrizations.weight.original
 
     # Gradient w.r.t. the input through the masked weight and the hook.

@@ -1,14 +1,29 @@
-"""Kernel layer: the launchers in ``structprune_triton.launch`` against float64 references,
+"""Kernel layer: the ops' kernel launches (``plan_launch`` and the tiles of ``structprune_triton.launch``) against float64 references,
 across layouts, tile boundaries and dtypes. Runs the Triton kernels (interpreter on CPU)."""
 
 import pytest
 import torch
 
+from structprune_triton import Settings, current_settings
 from structprune_triton.layout import dense_3d, is_dense
 
 from .helpers import DEVICE, FLOAT_DTYPES, KERNELS, assert_kernel_equal, random_mask
 
 pytestmark = pytest.mark.skipif(not KERNELS, reason="Triton not installed")
+
+
+def launch_row_mask(x, mask, dtype=None):
+    """The row-mask kernel alone (no dispatch), into a new tensor."""
+    from structprune_triton.ops import row_mask as op
+
+    return op._launch_new(x, mask, dtype or torch.result_type(mask, x), current_settings())
+
+
+def launch_bias_add(src, bias, mask, dim, prune_bias, *, dst=None, bias_out=None):
+    """The bias-add kernel alone: into ``dst``, or in place into ``src``."""
+    from structprune_triton.ops import bias_add as op
+
+    return op._launch(src, bias, mask, src if dst is None else dst, dim, prune_bias, bias_out, current_settings())
 
 
 def reference_row_mask(x, mask, dtype):
@@ -53,11 +68,9 @@ def test_is_dense_rejects_gaps_and_overlaps():
 @pytest.mark.parametrize("shape", [(37, 19), (5, 3, 7), (9,), (3, 5, 2, 3)])
 @pytest.mark.parametrize("mask_dtype", [torch.bool, torch.float32])
 def test_row_mask_many_tiles(small_tiles, dtype, shape, mask_dtype):
-    from structprune_triton import launch
-
     x = torch.randn(shape, device=DEVICE).to(dtype)
     mask = random_mask(shape[0], mask_dtype, 0.6, soft=False)
-    out = launch.row_mask(x, mask)
+    out = launch_row_mask(x, mask)
     assert torch.equal(out, reference_row_mask(x, mask, torch.result_type(mask, x)))
 
 
@@ -69,13 +82,11 @@ def test_row_mask_many_tiles(small_tiles, dtype, shape, mask_dtype):
     ids=["transposed", "permuted", "size1-middle"],
 )
 def test_row_mask_many_tiles_masked_dim_innermost(small_tiles, dtype, make):
-    """Dim 0 laid out innermost (B == 1): tiles then span several outer indices (launch._geometry)."""
-    from structprune_triton import launch
-
+    """Dim 0 laid out innermost (B == 1): tiles then span several outer indices (launch.geometry)."""
     x = make().to(DEVICE, dtype)
     assert x.stride(0) == 1
     mask = random_mask(x.shape[0], torch.bool, 0.6)
-    out = launch.row_mask(x, mask)
+    out = launch_row_mask(x, mask)
     assert out.stride() == x.stride()
     assert torch.equal(out, reference_row_mask(x, mask, dtype))
 
@@ -85,8 +96,6 @@ def test_row_mask_many_tiles_masked_dim_innermost(small_tiles, dtype, make):
 @pytest.mark.parametrize("prune_bias", [True, False])
 def test_bias_add_many_tiles(small_tiles, dtype, dim_layout, prune_bias):
     """In place and into a NaN-filled destination; the fused in-place bias write hits every entry once."""
-    from structprune_triton import launch
-
     shapes = {"linear": ((13, 11), 1), "conv": ((3, 11, 5, 3), 1), "conv_cl": ((3, 11, 5, 3), 1), "btc": ((2, 5, 11), 2)}
     shape, dim = shapes[dim_layout]
     out = torch.randn(shape, device=DEVICE).to(dtype)
@@ -100,11 +109,11 @@ def test_bias_add_many_tiles(small_tiles, dtype, dim_layout, prune_bias):
     expected = (out.double() + b_ref.double().reshape(view)).to(dtype)
 
     dst = torch.full_like(out, float("nan"))
-    launch.bias_add(out, bias, mask, dim, prune_bias, dst=dst)
+    launch_bias_add(out, bias, mask, dim, prune_bias, dst=dst)
     assert_kernel_equal(dst, expected)
 
     bias_out = torch.full_like(bias, float("nan"))
-    got = launch.bias_add(out, bias, mask, dim, prune_bias, bias_out=bias_out)
+    got = launch_bias_add(out, bias, mask, dim, prune_bias, bias_out=bias_out)
     assert got is out
     assert_kernel_equal(out, expected)
     if prune_bias:
@@ -114,13 +123,11 @@ def test_bias_add_many_tiles(small_tiles, dtype, dim_layout, prune_bias):
 
 
 def test_row_mask_skips_nan_rows_and_non_dense_input(small_tiles):
-    from structprune_triton import launch
-
     x = torch.randn(8, 12, device=DEVICE)
     x[1] = float("nan")
     x[2, 3] = float("inf")
     mask = torch.tensor([1, 0, 0, 1, 1, 0, 1, 1], dtype=torch.bool, device=DEVICE)
-    out = launch.row_mask(x[:, ::2], mask)
+    out = launch_row_mask(x[:, ::2], mask)
     assert torch.equal(out, torch.where(mask[:, None], x[:, ::2], 0))
     assert out.is_contiguous()
 
@@ -128,11 +135,9 @@ def test_row_mask_skips_nan_rows_and_non_dense_input(small_tiles):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_row_mask_backward_dtype(small_tiles, dtype):
     """The backward launch casts grad*mask (computed in fp32) to the weight's dtype."""
-    from structprune_triton import launch
-
     g = torch.randn(9, 7, device=DEVICE)
     mask = random_mask(9, torch.float32, 0.7, soft=True)
-    out = launch.row_mask(g, mask, dtype)
+    out = launch_row_mask(g, mask, dtype)
     expected = torch.where(mask[:, None] != 0, g * mask[:, None], 0).to(dtype)
     assert out.dtype == dtype
     assert_kernel_equal(out, expected)
@@ -142,21 +147,19 @@ def test_row_mask_backward_dtype(small_tiles, dtype):
 @pytest.mark.skipif(DEVICE != "cuda", reason="needs a GPU with ~20 GB free")
 def test_row_mask_past_int32_offsets():
     """2**31 + some elements: offsets past int32 must not wrap."""
-    from structprune_triton import launch
-
     R, C = 2**16 + 3, 2**15 + 5  # 2.15e9 elements
     x = torch.ones(R, C, dtype=torch.bfloat16, device="cuda")
     x[-1] = 3
     mask = torch.ones(R, dtype=torch.bool, device="cuda")
     mask[1::2] = False
-    out = launch.row_mask(x, mask)
+    out = launch_row_mask(x, mask)
     expected_rows = torch.where(mask, 1.0, 0.0).to(torch.bfloat16)
     expected_rows[-1] = 3 if mask[-1] else 0
     assert torch.equal(out[:, 0], expected_rows) and torch.equal(out[:, -1], expected_rows)
     assert torch.equal(out.float().sum(1), expected_rows.float() * C)
     del out
     torch.cuda.empty_cache()
-    launch.bias_add(x, torch.ones(C, dtype=torch.bfloat16, device="cuda"), torch.ones(C, dtype=torch.bool, device="cuda"), 1, False)
+    launch_bias_add(x, torch.ones(C, dtype=torch.bfloat16, device="cuda"), torch.ones(C, dtype=torch.bool, device="cuda"), 1, False)
     assert x[-1, -1].item() == 4 and x[0, 0].item() == 2
 
 
@@ -167,32 +170,32 @@ def _padding(n: int, block: int) -> float:
 @pytest.mark.parametrize("r", [1, 3, 64, 255, 256, 4096, 65537])
 @pytest.mark.parametrize("b", [1, 2, 9, 31, 33, 63, 64, 576, 700, 784, 1152, 3136, 4096, 9216, 50000, 100000])
 def test_gpu_tiles_waste_few_lanes(r, b):
-    """GPU tiles: powers of two within GPU_TILE, each dim padded less than 2x, and rows of at least
-    GPU_MIN_BLOCK_B elements where the shape has them (coalesced loads)."""
     from structprune_triton import launch
 
-    cuda = torch.device("cuda")  # _tiles only reads the device type: no GPU needed
-    block_r, block_b, warps = launch._tiles(r, b, cuda)
+    """GPU tiles: powers of two within GPU_TILE, each dim padded less than 2x, and rows of at least
+    GPU_MIN_BLOCK_B elements where the shape has them (coalesced loads)."""
+    s = Settings()
+    block_r, block_b, warps = launch.tiles(r, b, interpreter=False, s=s)
     for block in (block_r, block_b):
         assert block & (block - 1) == 0
-    assert block_r * block_b <= launch.GPU_TILE
-    assert 1 <= warps <= launch.GPU_MAX_WARPS
+    assert block_r * block_b <= s.gpu_tile
+    assert 1 <= warps <= s.gpu_max_warps
     assert _padding(r, block_r) < 2 and _padding(b, block_b) < 2
-    assert block_b >= min(b, launch.GPU_MIN_BLOCK_B)
-    if r * b >= launch.GPU_TILE:  # big enough to fill a tile: do not leave lanes idle in a tile
-        assert _padding(r, block_r) * _padding(b, block_b) < 1.3 or block_r * block_b == launch.GPU_TILE
+    assert block_b >= min(b, s.gpu_min_block_b)
+    if r * b >= s.gpu_tile:  # big enough to fill a tile: do not leave lanes idle in a tile
+        assert _padding(r, block_r) * _padding(b, block_b) < 1.3 or block_r * block_b == s.gpu_tile
 
 
 def test_gpu_geometry_for_common_layers():
-    """The tiles the kernels get for the bench's shapes (recorded so that a change is deliberate):
-    (BLOCK_R, BLOCK_C, warps, programs); full tiles, no padding."""
     from structprune_triton import launch
 
+    """The tiles the kernels get for the bench's shapes (recorded so that a change is deliberate):
+    (BLOCK_R, BLOCK_C, warps, programs); full tiles, no padding."""
     def geometry(shape, dim, channels_last=False):
         t = torch.empty(shape, device="meta", dtype=torch.bfloat16)  # not "cpu": the GPU tiles
         if channels_last:
             t = t.to(memory_format=torch.channels_last)
-        _, grid, meta = launch._geometry(t, dim)
+        _, grid, meta = launch.geometry(t, dim, Settings())
         return meta["BLOCK_R"], meta["BLOCK_C"], meta["num_warps"], grid[0]
 
     assert geometry((16384, 4096), 0) == (1, 4096, 4, 16384)  # weight: one row a program
@@ -201,4 +204,4 @@ def test_gpu_geometry_for_common_layers():
     # channels_last: channels innermost, so a tile is 256 channels x 16 pixels
     assert geometry((64, 256, 56, 56), 1, channels_last=True) == (256, 16, 4, 64 * 56 * 56 // 16)
     assert geometry((8192, 4096), 1) == (4096, 1, 4, 8192)  # Linear output, bias over the last dim
-    assert launch._tiles(10, 100000, torch.device("cuda")) == (2, 2048, 4)  # 0.4% padding (4096: 2.4%)
+    assert launch.tiles(10, 100000, interpreter=False, s=Settings()) == (2, 2048, 4)  # 0.4% padding (4096: 2.4%)

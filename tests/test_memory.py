@@ -9,7 +9,9 @@ from torch import nn
 
 from structprune_triton import FakeStructuredSparsity
 
-from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, prepare_module, random_mask
+from structprune_triton import prepare_module
+
+from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, random_mask
 
 
 def saved_bytes(step) -> int:
@@ -32,8 +34,8 @@ def layer(kind: str, dtype: torch.dtype, prune_bias: bool, upstream: bool) -> nn
     module = module.to(DEVICE, dtype)
     mask = random_mask(module.weight.shape[0])
     if upstream:
-        return prepare_module(module, mask, prune_bias, UpstreamFSS, UpstreamBiasHook)
-    return prepare_module(module, mask, prune_bias)
+        return prepare_module(module, mask, prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook)
+    return prepare_module(module, mask, prune_bias=prune_bias)
 
 
 def _input(kind: str, dtype: torch.dtype) -> torch.Tensor:

@@ -37,15 +37,13 @@ def _kernels_and_determinism():
     tensors to the torch path); deterministic cuDNN, so that two identical models trained on a GPU
     stay bitwise equal; no TF32, so that fp32 tolerances mean fp32."""
     flags = ("deterministic", "allow_tf32")
-    saved = structprune_triton.get_backend(), [getattr(torch.backends.cudnn, f) for f in flags]
+    saved = [getattr(torch.backends.cudnn, f) for f in flags]
     saved_matmul = torch.backends.cuda.matmul.allow_tf32
-    if KERNELS:
-        structprune_triton.set_backend("triton")
     torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32 = True, False
     torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    structprune_triton.set_backend(saved[0])
-    for f, v in zip(flags, saved[1]):
+    with structprune_triton.use_backend("triton" if KERNELS else "auto"):
+        yield
+    for f, v in zip(flags, saved):
         setattr(torch.backends.cudnn, f, v)
     torch.backends.cuda.matmul.allow_tf32 = saved_matmul
 

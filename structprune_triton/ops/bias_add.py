@@ -1,0 +1,142 @@
+"""The bias add, ``BiasHook``'s arithmetic: with ``prune_bias`` zero the bias entries whose mask is 0
+(in the parameter, in place, as upstream), then add the bias to a module output along ``dim``.
+
+The bias gets no gradient (upstream's hook reads ``module._bias.data``); the output's gradient passes
+through unchanged. In eager mode the output is updated in place and returned, as upstream; inside a
+compiled graph that runs the kernel the op is functional (a new tensor), because an op that mutates
+its input cannot carry an autograd formula.
+
+In the order a call meets it: the entry point :func:`bias_hook` (validate, ``dispatch.route`` once,
+run that route), the torch path, the kernel launch, and the ``torch.library`` custom op.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..dispatch import Route, kernels_take, route
+from ..layout import is_dense, live_rows, new_output, row_view
+from ..config import HAS_TRITON, Settings, current_settings
+from ..validate import check_bias
+
+if HAS_TRITON:
+    from ..kernels import bias_add_kernel
+    from ..launch import Launch, compute_dtype, geometry
+
+
+def bias_hook(
+    output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, *, settings: Settings | None = None
+) -> Tensor:
+    """What ``BiasHook`` does to a module output (see the module docstring); returns the result."""
+    check_bias(output, bias, mask, dim)
+    dim = dim % output.dim()
+    s = settings or current_settings()
+    how = route(output, (bias, mask), (output.dtype, bias.dtype), s, kernel_ok=is_dense(output))
+    if how is Route.KERNEL:
+        data = bias.data  # as upstream: no autograd, no version bump on the parameter
+        _launch(output, data, mask, output, dim, prune_bias, data, s)
+        if output.requires_grad:
+            # out += c has gradient 1 w.r.t. out: autograd's graph is unchanged, but whoever saved
+            # `output` for backward must see that it changed, as with upstream's `output += bias`.
+            torch.autograd.graph.increment_version(output)
+        return output
+    if how is Route.OP:
+        if prune_bias:
+            _zero_dead_(bias, mask)
+        return torch.ops.structprune_triton.bias_add(output, bias.detach(), mask, dim, False)
+    if torch.compiler.is_compiling():  # the parameter itself, under no_grad (Dynamo has no .data)
+        if prune_bias:
+            _zero_dead_(bias, mask)
+        bias = bias.detach()
+    else:
+        bias = bias.data
+        if prune_bias:
+            _zero_dead_(bias, mask)
+    # in place, as upstream; where `output` is a compiled graph's input, Inductor writes it in place
+    return output.add_(row_view(bias, output.dim(), dim))
+
+
+# ---- torch path -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _zero_dead_(bias: Tensor, mask: Tensor) -> None:
+    """Set the entries of ``bias`` whose mask is 0 to zero, in place, without a host sync."""
+    dead = ~live_rows(mask)
+    if bias.is_cpu and torch.compiler.is_compiling():
+        # an index_put, which Inductor's CPU code computes once; a masked_fill_ it inlines into the
+        # per-element add loop that follows (3x slower there). In eager mode masked_fill_ is cheaper.
+        bias[dead] = 0
+    else:  # no boolean indexing on CUDA: it would sync the host
+        bias.masked_fill_(dead, 0)
+
+
+# ---- Triton kernel ---------------------------------------------------------------------------------
+
+
+def plan_launch(
+    src: Tensor,
+    bias: Tensor,
+    mask: Tensor,
+    dst: Tensor,
+    dim: int,
+    prune_bias: bool,
+    bias_out: Tensor | None = None,
+    *,
+    settings: Settings | None = None,
+) -> Launch:
+    """The kernel launch writing ``dst = src + bias'`` along ``dim`` (``dst`` may be ``src``; both
+    dense with the same strides), ``bias' = bias`` zeroed where ``mask == 0`` if ``prune_bias``, and
+    ``bias'`` into ``bias_out`` (may be ``bias``) if given and ``prune_bias`` (else it is ``bias``)."""
+    s = settings or current_settings()
+    args, grid, meta = geometry(src, dim, s)
+    write_bias = bias_out is not None and prune_bias
+    bias_dst = bias_out if write_bias else bias
+    return Launch(
+        bias_add_kernel,
+        grid,
+        (src, bias, mask, dst, bias_dst, *args, bias.stride(0), mask.stride(0), bias_dst.stride(0)),
+        {"APPLY_MASK": prune_bias, "WRITE_BIAS": write_bias, "COMPUTE": compute_dtype(src.dtype, bias.dtype), **meta},
+    )
+
+
+def _launch(
+    src: Tensor, bias: Tensor, mask: Tensor, dst: Tensor, dim: int, prune_bias: bool, bias_out: Tensor | None, s: Settings
+) -> Tensor:
+    if src.numel() == 0:
+        if bias_out is not None and prune_bias:
+            bias_out.copy_(torch.where(live_rows(mask), bias, 0))
+        return dst
+    plan_launch(src, bias, mask, dst, dim, prune_bias, bias_out, settings=s).run()
+    return dst
+
+
+# ---- torch.library custom op (what a compiled graph records) -----------------------------------------
+
+
+@torch.library.custom_op("structprune_triton::bias_add", mutates_args=())
+def bias_add_op(src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+    """``src + bias'`` along ``dim`` (``bias'`` zero where ``mask == 0`` if ``prune_bias``), a new
+    tensor: neither ``src`` nor ``bias`` is written. The kernel where it runs, else torch."""
+    check_bias(src, bias, mask, dim)
+    dim = dim % src.dim()
+    s = current_settings()
+    dst = new_output(src, src.dtype, s.poison_outputs)
+    if is_dense(src) and kernels_take(src, (src.dtype, bias.dtype), s, eager=False):
+        return _launch(src, bias, mask, dst, dim, prune_bias, None, s)
+    b = torch.where(live_rows(mask), bias, 0) if prune_bias else bias
+    return torch.add(src, row_view(b, src.dim(), dim), out=dst)
+
+
+@bias_add_op.register_fake
+def _(src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+    check_bias(src, bias, mask, dim)
+    return torch.empty_like(src)
+
+
+def _bias_add_backward(ctx, grad: Tensor):
+    return grad, None, None, None, None
+
+
+bias_add_op.register_autograd(_bias_add_backward)
