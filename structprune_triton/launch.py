@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .layout import dense_3d
+from .layout import is_dense
 from .config import Settings
 
 
@@ -50,6 +50,23 @@ def tiles(R: int, B: int, *, interpreter: bool, s: Settings) -> tuple[int, int, 
         block_r = min(_pow2(R), max(1, s.interpreter_tile // block_b))
         return block_r, block_b, s.gpu_max_warps
     return gpu_tiles(R, B, s)
+
+
+def dense_3d(t: Tensor, dim: int) -> tuple[int, int, int]:
+    """``(A, R, B)`` with ``R = t.shape[dim]``, such that element ``(a, r, b)`` of the dense tensor
+    ``t`` sits at offset ``a*R*B + r*B + b`` from its data pointer.
+
+    ``B`` is the product of the sizes of the dims laid out inside ``dim`` (its stride), ``A`` the
+    product of those outside it. A size-1 ``dim`` is seen as ``(1, 1, numel)``.
+    """
+    if not is_dense(t):
+        raise ValueError("dense_3d needs a non-overlapping, dense tensor")
+    n = t.numel()
+    R = t.shape[dim]
+    if R <= 1 or n == 0:
+        return 1, R, n
+    B = t.stride(dim)
+    return n // (R * B), R, B
 
 
 def compute_dtype(*dtypes: torch.dtype):

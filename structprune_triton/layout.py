@@ -1,4 +1,4 @@
-"""Shape and layout helpers shared by the ops and the launch geometry."""
+"""Shape and layout helpers of the ops: broadcasting views, live rows, density, fresh outputs."""
 
 from __future__ import annotations
 
@@ -30,23 +30,6 @@ def is_dense(t: Tensor) -> bool:
             return False
         expected *= sz
     return True
-
-
-def dense_3d(t: Tensor, dim: int) -> tuple[int, int, int]:
-    """``(A, R, B)`` with ``R = t.shape[dim]``, such that element ``(a, r, b)`` of the dense tensor
-    ``t`` sits at offset ``a*R*B + r*B + b`` from its data pointer.
-
-    ``B`` is the product of the sizes of the dims laid out inside ``dim`` (its stride), ``A`` the
-    product of those outside it. A size-1 ``dim`` is seen as ``(1, 1, numel)``.
-    """
-    if not is_dense(t):
-        raise ValueError("dense_3d needs a non-overlapping, dense tensor")
-    n = t.numel()
-    R = t.shape[dim]
-    if R <= 1 or n == 0:
-        return 1, R, n
-    B = t.stride(dim)
-    return n // (R * B), R, B
 
 
 def new_output(like: Tensor, dtype: torch.dtype, poison: bool) -> Tensor:

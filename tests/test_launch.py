@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from structprune_triton import Settings, current_settings
-from structprune_triton.layout import dense_3d, is_dense
+from structprune_triton.launch import dense_3d
+from structprune_triton.layout import is_dense
 
 from .helpers import DEVICE, FLOAT_DTYPES, KERNELS, assert_kernel_equal, random_mask
 
