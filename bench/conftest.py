@@ -1,17 +1,17 @@
 """pytest configuration of the benchmark suite (``pytest bench``).
 
 * ``TRITON_INTERPRET`` is removed from the environment before ``structprune_triton`` is imported
-  (the root conftest sets it on machines without CUDA for the test suite): the interpreter is a
+  (the root conftest sets it for the test suite on machines without CUDA): the interpreter is a
   correctness tool, not a speed path, so on CPU the package's torch path is what gets timed. If the
   package was already imported under the interpreter (``pytest tests bench`` in one process), the
   benchmarks are skipped with that reason.
-* ``--bench-quick``: fewer cases and shorter timing (one density, fewer shapes/dtypes).
-* ``--bench-threads N`` (CPU): torch threads, default 1 (steadier numbers on a shared machine);
-  with 1 thread the timer is ``time.process_time`` (CPU time of this process) unless
-  ``--benchmark-timer`` is given.
-* ``--bench-compile-backend NAME``: backend of the ``*-compiled`` implementations (default:
-  ``inductor`` when timing, ``aot_eager`` with ``--benchmark-disable``, where only agreement with
-  upstream is checked and inductor's CPU compile time would dominate).
+* Timing writes pytest-benchmark's JSON to ``bench/out/run.json`` unless ``--benchmark-json`` says
+  otherwise; ``python bench/report.py`` turns it into ``bench/out/report.md``.
+* ``--bench-quick``: fewer cases, shorter timing. ``--bench-threads 1,2`` (CPU): the thread counts of
+  the interleaved ours-vs-upstream comparison; the first one also times pytest-benchmark's table.
+  On CPU the timer is the process's CPU time (``time.process_time``) unless ``--benchmark-timer``
+  is given. ``--bench-compile-backend NAME``: backend of the compiled implementations (default:
+  inductor when timing, aot_eager with ``--benchmark-disable``).
 """
 
 from __future__ import annotations
@@ -22,82 +22,74 @@ from pathlib import Path
 
 import pytest
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-_INTERPRET_WAS_SET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_HERE = Path(__file__).resolve().parent
+DEFAULT_JSON = _HERE / "out" / "run.json"
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
 if "structprune_triton" not in sys.modules:
-    # (if it is already imported, leave the environment alone for the tests that imported it; the
-    # benchmarks are skipped below when that import ran under the interpreter)
-    os.environ.pop("TRITON_INTERPRET", None)
+    os.environ.pop("TRITON_INTERPRET", None)  # (if already imported, leave it for the tests that imported it)
 
 import torch  # noqa: E402
-
-import _benchlib  # noqa: E402
 from _benchlib import SETTINGS  # noqa: E402
+
+from structprune_triton import environment  # noqa: E402
 
 
 def _interpreter_active() -> bool:
-    backend = sys.modules.get("structprune_triton._backend")
-    return bool(backend is not None and getattr(backend, "INTERPRET", False))
+    for name in ("structprune_triton.config", "structprune_triton._backend"):
+        if getattr(sys.modules.get(name), "INTERPRET", False):
+            return True
+    return False
 
 
-def pytest_addoption(parser):
+def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("structprune bench")
-    group.addoption("--bench-quick", action="store_true", default=False,
-                    help="fewer cases and shorter timing (GPU sessions with little time)")
-    group.addoption("--bench-compile-backend", default=None,
-                    help="torch.compile backend of the *-compiled implementations "
-                         "(default: inductor when timing, aot_eager with --benchmark-disable)")
-    group.addoption("--bench-threads", type=int, default=1,
-                    help="CPU only: torch threads (default 1: steadier on a shared 2-core machine; "
-                         "0 keeps torch's default)")
+    group.addoption("--bench-quick", action="store_true", default=False, help="fewer cases and shorter timing")
+    group.addoption(
+        "--bench-compile-backend",
+        default=None,
+        help="torch.compile backend of the *-compiled implementations "
+        "(default: inductor when timing, aot_eager with --benchmark-disable)",
+    )
+    group.addoption(
+        "--bench-threads",
+        default="1,2",
+        help="CPU: comma-separated torch thread counts of the interleaved comparison with upstream "
+        "eager; the first also times the table (default: 1,2)",
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
-def pytest_configure(config):
-    SETTINGS.quick = bool(config.getoption("--bench-quick")) or os.environ.get("STRUCTPRUNE_BENCH_QUICK") == "1"
+def pytest_configure(config: pytest.Config) -> None:
+    SETTINGS.quick = bool(config.getoption("--bench-quick"))
     SETTINGS.compile_backend = config.getoption("--bench-compile-backend")
     SETTINGS.benchmark_disabled = bool(getattr(config.option, "benchmark_disable", False))
-    threads = config.getoption("--bench-threads")
-    if not SETTINGS.cuda and threads and threads > 0:
-        torch.set_num_threads(threads)
-        # One thread: time the process's CPU time, not wall time, so that other processes on a
-        # shared machine (time slices lost to them) do not count. Kept if --benchmark-timer is given.
-        if threads == 1 and getattr(config.option, "benchmark_timer", None) == "time.perf_counter":
+    SETTINGS.threads = tuple(int(n) for n in str(config.getoption("--bench-threads")).split(",") if n.strip())
+    if not SETTINGS.cuda:
+        torch.set_num_threads(SETTINGS.threads[0])
+        if getattr(config.option, "benchmark_timer", None) == "time.perf_counter":  # pytest-benchmark's default
             config.option.benchmark_timer = "time.process_time"
+    if not SETTINGS.benchmark_disabled and getattr(config.option, "benchmark_json", None) is None:
+        DEFAULT_JSON.parent.mkdir(exist_ok=True)
+        config.option.benchmark_json = open(DEFAULT_JSON, "wb")  # noqa: SIM115 (pytest-benchmark closes it)
     # Every (shape, dtype) compiles its own graph (dynamic=False); the default limits (8 per code
     # object) would make later cases fall back to eager silently.
     from torch._dynamo import config as dynamo_config
 
-    for name, value in (("recompile_limit", 512), ("cache_size_limit", 512), ("accumulated_recompile_limit", 4096),
-                        ("accumulated_cache_size_limit", 4096)):
-        if hasattr(dynamo_config, name):
-            setattr(dynamo_config, name, value)
+    dynamo_config.recompile_limit = 512
+    dynamo_config.accumulated_recompile_limit = 4096
 
 
-def pytest_collection_modifyitems(config, items):
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not _interpreter_active():
         return
-    skip = pytest.mark.skip(reason="structprune_triton was imported under TRITON_INTERPRET=1: the Triton "
-                                   "interpreter is not a speed path; run `pytest bench` on its own")
+    skip = pytest.mark.skip(
+        reason="structprune_triton was imported under TRITON_INTERPRET=1: the Triton "
+        "interpreter is not a speed path; run `pytest bench` on its own"
+    )
     for item in items:
-        if "benchmark" in getattr(item, "fixturenames", ()) and str(item.fspath).startswith(_HERE):
+        if "benchmark" in getattr(item, "fixturenames", ()) and Path(str(item.fspath)).is_relative_to(_HERE):
             item.add_marker(skip)
-
-
-_COPY_GBPS: dict = {}
-
-
-@pytest.fixture(scope="session")
-def copy_gbps(request):
-    """The device's copy bandwidth (GB/s, read + write), measured once per timed session."""
-    if SETTINGS.benchmark_disabled:
-        return None
-    if "value" not in _COPY_GBPS:
-        _COPY_GBPS["value"] = _benchlib.measure_copy_bandwidth()
-    return _COPY_GBPS["value"]
 
 
 @pytest.fixture(autouse=True)
@@ -108,12 +100,10 @@ def _seed_and_sync():
         torch.cuda.synchronize()
 
 
-def pytest_benchmark_update_machine_info(config, machine_info):
-    info = _benchlib.versions()
-    info["copy_gbps"] = _COPY_GBPS.get("value")
-    info["quick"] = SETTINGS.quick
-    info["compile_backend"] = SETTINGS.backend
-    info["interpret_was_set"] = _INTERPRET_WAS_SET
-    if SETTINGS.cuda:
-        info["cuda"] = torch.version.cuda
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    device = torch.device(SETTINGS.device)
+    info = dict(environment.versions(device))
+    info.update(quick=SETTINGS.quick, compile_backend=SETTINGS.backend, threads=list(SETTINGS.threads))
+    if not SETTINGS.benchmark_disabled:
+        info["copy_gbps"] = environment.copy_bandwidth(device)
     machine_info["structprune_bench"] = info

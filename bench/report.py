@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""Turn a ``pytest bench --benchmark-json RUN.json`` run into ``DIR/report.md`` (a markdown table per
-benchmark group) and ``DIR/report.png`` (speed-ups; skipped with a message without matplotlib).
+"""Turn a ``pytest bench`` run (pytest-benchmark's JSON) into ``report.md`` (a table per benchmark
+group, and a summary) and ``report.png`` (speed-ups; skipped with a message without matplotlib).
 
-    python bench/report.py RUN.json --out DIR
+    python bench/report.py [RUN.json] [--out DIR]      # defaults: bench/out/run.json, bench/out/
 
 Needs only the standard library (and matplotlib for the PNG): it runs anywhere the JSON is.
 
-The time of an entry is ``extra_info['time_s']`` when the bench recorded it: on CUDA the median
-device time from ``triton.testing.do_bench`` (CUDA events, L2 flushed before each call); on CPU the
-median wall time per call. Entries without it (other suites) use pytest-benchmark's median.
-Speed-up "vs X" is X's time divided by this entry's time: above 1 means faster than X.
+Every time shown is what pytest-benchmark measured (its ``stats``: median and interquartile range
+per call), except the CUDA-only "device time" column, which is ``triton.testing.do_bench``'s median
+(``extra_info["device_s"]``). Speed-ups are ratios of medians: on CUDA of device times, elsewhere of
+the table's medians. On CPU, ours eager also carries the interleaved comparison with upstream eager
+(``extra_info["vs_upstream_eager"]``, per thread count: median and quartiles of per-block ratios).
 """
 
 from __future__ import annotations
@@ -18,14 +19,12 @@ import argparse
 import json
 import math
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
 IMPL_ORDER = ["upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled", "copy"]
 OP_ORDER = ["fss_fwd", "fss_fwdbwd", "bias_hook", "linear_fwd", "linear_fwdbwd", "conv2d_fwd", "conv2d_fwdbwd"]
-BASE_EAGER, BASE_COMPILED = "upstream-eager", "upstream-compiled"
-# issue 5: the eager CPU torch path may be at most this much slower than upstream eager
-SLOWDOWN_LIMIT = 1.10
+SLOWDOWN_LIMIT = 1.10  # ours eager may take at most this times upstream eager's time on CPU
 
 
 def fmt_time(seconds: float | None) -> str:
@@ -37,97 +36,51 @@ def fmt_time(seconds: float | None) -> str:
     return f"{seconds / 1e-9:.3g} ns"
 
 
-def fmt_num(x, digits: int = 3, suffix: str = "") -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return ""
-    return f"{x:.{digits}g}{suffix}"
-
-
 def fmt_ratio(x: float | None) -> str:
     return "" if x is None else f"{x:.3g}x"
 
 
-def cell(text: str) -> str:
-    """Text safe inside a markdown table cell."""
-    return str(text).replace("|", "\\|")
+def fmt_spread(r: dict) -> str:
+    """``0.98x [0.95-1.01] same``: median [quartiles] of upstream time / ours; "same" when they hold 1."""
+    verdict = "same" if r["q1"] <= 1.0 <= r["q3"] else ("faster" if r["median"] > 1 else "slower")
+    return f"{r['median']:.2f}x [{r['q1']:.2f}-{r['q3']:.2f}] {verdict}"
 
 
 class Entry:
-    """One benchmark of the JSON, with what the report needs."""
+    """One benchmark of the JSON: an implementation on a case."""
 
     def __init__(self, bench: dict) -> None:
-        self.raw = bench
         self.group = bench.get("group") or bench.get("name", "?")
         self.extra = bench.get("extra_info") or {}
         self.stats = bench.get("stats") or {}
-        params = bench.get("params") or {}
-        self.impl = self.extra.get("impl") or params.get("impl") or bench.get("name", "?")
+        self.impl = self.extra.get("impl") or bench.get("name", "?")
         self.op = self.extra.get("op") or self.group.split(" | ")[0]
-        t = self.extra.get("time_s")
-        self.time = float(t) if t is not None else self.stats.get("median")
-        self.wall_sync = self.extra.get("table_median_s", self.stats.get("median"))
-        self.table_min = self.stats.get("min")
-        self.wall_nosync = self.extra.get("wall_us_nosync")
-        self.gbps = self.extra.get("gbps")
-        self.pct_copy = self.extra.get("pct_copy")
-        self.tflops = self.extra.get("tflops")
-        self.interleaved = self.extra.get("vs_upstream_eager_interleaved")
+        self.median = self.stats.get("median")
+        self.iqr = self.stats.get("iqr")
+        self.device = self.extra.get("device_s")
+        self.time = self.device if self.device is not None else self.median  # what speed-ups compare
+        self.interleaved: dict = self.extra.get("vs_upstream_eager") or {}
 
     def notes(self) -> str:
         parts = []
         if self.extra.get("ours_path"):
             parts.append(f"path={self.extra['ours_path']}")
         if self.extra.get("graphs") is not None:
-            parts.append(f"graphs={self.extra['graphs']}")
-        if self.extra.get("graph_breaks"):
-            parts.append(f"breaks={self.extra['graph_breaks']}")
-        if self.interleaved is not None:
-            parts.append(f"interleaved vs upstream eager {self.interleaved:.3g}x")
-        if self.extra.get("bytes") is not None:
-            parts.append(f"{self.extra['bytes'] / 1e6:.3g} MB")
+            parts.append(f"graphs/breaks {self.extra['graphs']}/{self.extra.get('graph_breaks', 0)}")
         return ", ".join(parts)
 
 
-def load(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def group_entries(data: dict) -> "OrderedDict[str, list[Entry]]":
-    entries = [Entry(b) for b in data.get("benchmarks", [])]
-
-    def op_rank(e: Entry) -> int:
-        return OP_ORDER.index(e.op) if e.op in OP_ORDER else len(OP_ORDER)
-
-    groups: OrderedDict[str, list[Entry]] = OrderedDict()
-    order = {}
-    for i, e in enumerate(entries):
-        order.setdefault(e.group, (op_rank(e), i))
+def group_entries(data: dict) -> dict[str, list[Entry]]:
+    """Groups in op order (then run order), implementations in IMPL_ORDER."""
+    groups: dict[str, list[Entry]] = {}
+    for e in (Entry(b) for b in data.get("benchmarks", [])):
         groups.setdefault(e.group, []).append(e)
-    sorted_groups = OrderedDict()
-    for g in sorted(groups, key=lambda g: order[g]):
-        sorted_groups[g] = sorted(groups[g], key=lambda e: (IMPL_ORDER.index(e.impl) if e.impl in IMPL_ORDER
-                                                            else len(IMPL_ORDER), e.impl))
-    return sorted_groups
 
+    def rank(key: str, order: list[str]) -> int:
+        return order.index(key) if key in order else len(order)
 
-def machine_summary(data: dict) -> dict:
-    mi = data.get("machine_info") or {}
-    sb = mi.get("structprune_bench") or {}
-    first = next((b.get("extra_info") or {} for b in data.get("benchmarks", [])), {})
-    return {
-        "device": sb.get("device") or first.get("device") or mi.get("cpu", {}).get("brand_raw") or mi.get("node"),
-        "torch": sb.get("torch") or first.get("torch"),
-        "triton": sb.get("triton") or first.get("triton"),
-        "cuda": sb.get("cuda"),
-        "python": mi.get("python_version"),
-        "copy_gbps": sb.get("copy_gbps") or first.get("copy_gbps"),
-        "compile_backend": sb.get("compile_backend"),
-        "quick": sb.get("quick"),
-        "time_source": first.get("time_source") or "pytest-benchmark median",
-        "datetime": data.get("datetime"),
-        "commit": (data.get("commit_info") or {}).get("id"),
-    }
+    names = sorted(groups, key=lambda g: (rank(groups[g][0].op, OP_ORDER), list(groups).index(g)))
+    return {g: sorted(groups[g], key=lambda e: (rank(e.impl, IMPL_ORDER), e.impl)) for g in names}
 
 
 def speedup(base: Entry | None, e: Entry | None) -> float | None:
@@ -136,166 +89,151 @@ def speedup(base: Entry | None, e: Entry | None) -> float | None:
     return base.time / e.time
 
 
-def render_markdown(data: dict, groups: "OrderedDict[str, list[Entry]]") -> str:
-    m = machine_summary(data)
-    lines = ["# structprune_triton benchmark report", ""]
-    facts = [f"device: {m['device']}", f"torch {m['torch']}", f"triton {m['triton']}"]
-    if m["cuda"]:
-        facts.append(f"CUDA {m['cuda']}")
-    if m["python"]:
-        facts.append(f"Python {m['python']}")
-    if m["compile_backend"]:
-        facts.append(f"compile backend: {m['compile_backend']}")
-    if m["copy_gbps"]:
+def header(data: dict) -> list[str]:
+    m = (data.get("machine_info") or {}).get("structprune_bench") or {}
+    facts = [f"{k}: {m[k]}" for k in ("device", "kernels", "versions") if m.get(k)]
+    if m.get("copy_gbps"):
         facts.append(f"copy bandwidth (same run): {m['copy_gbps']:.4g} GB/s")
-    if m["quick"]:
-        facts.append("quick mode")
-    lines.append(" · ".join(facts))
-    extra = [x for x in (m["datetime"] and f"run {m['datetime']}", m["commit"] and f"commit {m['commit'][:12]}") if x]
-    if extra:
-        lines += ["", " · ".join(extra)]
-    lines += [
-        "",
-        f"**time** = {m['time_source']}. **× vs upstream eager / compiled** = that implementation's time "
-        "divided by this one's (above 1: faster). **GB/s** = bytes this implementation must move "
-        "(a dense op: every element read once and written once; the row-skipping Triton kernel reads only "
-        "live rows) over time; **% copy** = that over the copy bandwidth measured in the same run (on CPU, "
-        "small tensors sit in cache and can exceed 100%). **table median / min** = pytest-benchmark's "
-        "statistics (CUDA: host wall time of one call + synchronize; CPU: the time above, whose min is "
-        "the steadier figure on a busy machine); **no-sync wall** = per call in a loop of K calls with one synchronize "
-        "(host launch cost; GPU, small tensors only).",
+    facts.append(f"compile backend: {m.get('compile_backend', '?')}" + (", quick mode" if m.get("quick") else ""))
+    commit = (data.get("commit_info") or {}).get("id")
+    facts.append(f"run {data.get('datetime', '?')}" + (f", commit {commit[:12]}" if commit else ""))
+    return ["# structprune_triton benchmark report", "", *[f"- {f}" for f in facts], ""]
+
+
+def legend(cuda: bool) -> list[str]:
+    basis = "do_bench device times" if cuda else "table medians"
+    return [
+        "**median [IQR]**: pytest-benchmark's median time per call and interquartile range (CPU: process CPU time; "
+        "CUDA: host wall time of one call and a synchronize)."
+        + (" **device time**: `triton.testing.do_bench` median (CUDA events, L2 flushed)." if cuda else ""),
+        f"**× vs upstream eager / compiled**: that implementation's time / this one's, from {basis} (above 1: "
+        "faster). **GB/s**: bytes this implementation must move over its time (a dense pass reads and writes every "
+        "element once; the Triton row-mask kernel reads only live rows); **% copy**: that over the copy bandwidth "
+        "measured in the same run (small CPU tensors sit in cache and can exceed 100%). **TFLOP/s**: matmul or "
+        "convolution work over time. **graphs/breaks**: FX graphs Dynamo handed the compile backend for this "
+        "compiled object, and graph breaks (1/0: one whole graph).",
         "",
     ]
 
-    # summary: one row per group
-    interleaved = any(e.interleaved is not None for es in groups.values() for e in es)
-    cols = ["group", "upstream eager", "ours eager", "ours vs upstream eager"]
-    if interleaved:
-        cols.append("same, interleaved")
-    cols += ["upstream compiled", "ours compiled", "ours compiled vs upstream compiled"]
-    lines += ["## Summary", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+
+def summary(groups: dict[str, list[Entry]], threads: list[str]) -> list[str]:
+    cols = ["group", "upstream eager", "ours eager", "upstream / ours"]
+    cols += [f"interleaved, {n} thread{'s' * (n != '1')}" for n in threads]
+    cols += ["upstream compiled", "ours compiled", "upstream compiled / ours compiled"]
+    lines = ["## Summary", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     slow = []
     for g, es in groups.items():
         by = {e.impl: e for e in es}
         ue, uc, oe, oc = (by.get(k) for k in ("upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled"))
-        r_e, r_c = speedup(ue, oe), speedup(uc, oc)
-        r_i = oe.interleaved if oe is not None else None
-        judged = r_i if r_i is not None else r_e  # the interleaved ratio is the steadier one
-        flag = ""
-        if judged is not None and judged < 1 / SLOWDOWN_LIMIT:
-            flag = " **(>10% slower)**"
-            slow.append((g, judged))
-        row = [cell(g), fmt_time(ue.time if ue else None), fmt_time(oe.time if oe else None),
-               fmt_ratio(r_e) + ("" if r_i is not None else flag)]
-        if interleaved:
-            row.append(fmt_ratio(r_i) + (flag if r_i is not None else ""))
-        row += [fmt_time(uc.time if uc else None), fmt_time(oc.time if oc else None), fmt_ratio(r_c)]
+        row = [g.replace("|", "\\|"), fmt_time(ue and ue.time), fmt_time(oe and oe.time), fmt_ratio(speedup(ue, oe))]
+        for n in threads:
+            r = oe.interleaved.get(n) if oe else None
+            row.append(fmt_spread(r) if r else "")
+            if r and r["median"] < 1 / SLOWDOWN_LIMIT:
+                slow.append(f"{g} ({n} thread(s): {1 / r['median']:.2f}x upstream's time)")
+        row += [fmt_time(uc and uc.time), fmt_time(oc and oc.time), fmt_ratio(speedup(uc, oc))]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
-    if interleaved:
-        lines.append("*interleaved*: ours eager and upstream eager timed in alternating blocks in the same test "
-                     "(median over blocks of upstream time / ours); it is the figure judged against the 10% limit.")
-        lines.append("")
-    if slow:
-        lines.append(f"{len(slow)} group(s) where ours eager is more than 10% slower than upstream eager: "
-                     + "; ".join(f"{g} ({1 / r:.2f}x the time)" for g, r in slow) + ".")
-    else:
-        lines.append("Ours eager is within 10% of upstream eager (or faster) in every group.")
-    lines.append("")
+    if threads:
+        lines += [
+            "*interleaved*: ours eager and upstream eager timed by `torch.utils.benchmark.Timer` (process CPU time) in "
+            "alternating blocks within one test, at each thread count; median [quartiles] over blocks of upstream's "
+            "time / ours, 'same' when the quartiles hold 1.0. It is the figure judged against the "
+            f"{SLOWDOWN_LIMIT:.2f}x limit.",
+            "",
+            f"{len(slow)} case(s) where ours eager takes more than {SLOWDOWN_LIMIT:.2f}x upstream eager's time"
+            + (": " + "; ".join(slow) if slow else "")
+            + ".",
+            "",
+        ]
+    return lines
 
-    for g, es in groups.items():
-        by = {e.impl: e for e in es}
-        ue, uc = by.get(BASE_EAGER), by.get(BASE_COMPILED)
-        has_tflops = any(e.tflops for e in es)
-        has_bw = any(e.gbps for e in es)
-        cols = ["implementation", "time", "× vs upstream eager", "× vs upstream compiled"]
+
+def group_table(g: str, es: list[Entry], copy_gbps: float | None, cuda: bool) -> list[str]:
+    by = {e.impl: e for e in es}
+    has_bw = any(e.extra.get("bytes") for e in es)
+    has_flops = any(e.extra.get("flops") for e in es)
+    cols = ["implementation", "median [IQR]"] + (["device time"] if cuda else [])
+    cols += ["× vs upstream eager", "× vs upstream compiled"] + (["GB/s", "% copy"] if has_bw else [])
+    cols += (["TFLOP/s"] if has_flops else []) + ["notes"]
+    lines = [f"## {g}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for e in es:
+        row = [e.impl, f"{fmt_time(e.median)} [{fmt_time(e.iqr)}]"] + ([fmt_time(e.device)] if cuda else [])
+        row += [fmt_ratio(speedup(by.get("upstream-eager"), e)), fmt_ratio(speedup(by.get("upstream-compiled"), e))]
         if has_bw:
-            cols += ["GB/s", "% copy"]
-        if has_tflops:
-            cols += ["TFLOP/s"]
-        cols += ["table median", "table min", "no-sync wall", "notes"]
-        lines += [f"## {g}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for e in es:
-            row = [e.impl, fmt_time(e.time), fmt_ratio(speedup(ue, e)), fmt_ratio(speedup(uc, e))]
-            if has_bw:
-                row += [fmt_num(e.gbps, 4), fmt_num(e.pct_copy, 3, "%")]
-            if has_tflops:
-                row += [fmt_num(e.tflops, 3)]
-            row += [fmt_time(e.wall_sync), fmt_time(e.table_min),
-                    fmt_time(e.wall_nosync * 1e-6) if e.wall_nosync else "", e.notes()]
-            lines.append("| " + " | ".join(cell(c) for c in row) + " |")
-        lines.append("")
+            gbps = e.extra["bytes"] / e.time / 1e9 if e.extra.get("bytes") and e.time else None
+            row += [f"{gbps:.4g}" if gbps else "", f"{100 * gbps / copy_gbps:.3g}%" if gbps and copy_gbps else ""]
+        if has_flops:
+            row.append(f"{e.extra['flops'] / e.time / 1e12:.3g}" if e.extra.get("flops") and e.time else "")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in [*row, e.notes()]) + " |")
+    return [*lines, ""]
+
+
+def render_markdown(data: dict, groups: dict[str, list[Entry]]) -> str:
+    m = (data.get("machine_info") or {}).get("structprune_bench") or {}
+    cuda = any(e.device is not None for es in groups.values() for e in es)
+    threads = sorted({n for es in groups.values() for e in es for n in e.interleaved}, key=int)
+    lines = header(data) + legend(cuda) + summary(groups, threads)
+    for g, es in groups.items():
+        lines += group_table(g, es, m.get("copy_gbps"), cuda)
     return "\n".join(lines)
 
 
-def render_png(data: dict, groups: "OrderedDict[str, list[Entry]]", path: Path) -> bool:
+def render_png(groups: dict[str, list[Entry]], path: Path) -> bool:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FuncFormatter
     except ImportError:
         print(f"matplotlib is not installed: skipping {path}")
         return False
-
-    # one panel per op; whole-layer ops (one group each) share a panel
-    by_op: OrderedDict[str, list[tuple[str, list[Entry]]]] = OrderedDict()
+    by_op: dict[str, list[tuple[str, list[Entry]]]] = {}
     for g, es in groups.items():
-        op = es[0].op
-        by_op.setdefault(op if op in ("fss_fwd", "fss_fwdbwd", "bias_hook") else "layers", []).append((g, es))
+        op = es[0].op if es[0].op in ("fss_fwd", "fss_fwdbwd", "bias_hook") else "layers"
+        by_op.setdefault(op, []).append((g, es))
     impls = [i for i in IMPL_ORDER if any(e.impl == i for es in groups.values() for e in es)]
-    impls += sorted({e.impl for es in groups.values() for e in es} - set(impls))
-    colors = {"upstream-eager": "#9e9e9e", "upstream-compiled": "#5c6bc0", "ours-eager": "#ef6c00",
-              "ours-compiled": "#2e7d32", "copy": "#000000"}
-
-    n = len(by_op)
-    widest = max(len(v) for v in by_op.values()) if by_op else 1
-    fig, axes = plt.subplots(n, 1, figsize=(min(28, max(9, 1.3 * widest + 3)), 3.6 * n + 0.8), squeeze=False)
-    m = machine_summary(data)
-    fig.suptitle(f"Speed-up vs upstream eager (higher is faster) — {m['device']}, torch {m['torch']}, "
-                 f"triton {m['triton']}", fontsize=11)
+    fig, axes = plt.subplots(len(by_op), 1, figsize=(12, 3.4 * len(by_op) + 0.6), squeeze=False)
     width = 0.8 / max(1, len(impls))
     for ax, (op, glist) in zip(axes[:, 0], by_op.items(), strict=True):
-        labels, labelled, values = [], set(), [1.0]
-        for gi, (g, es) in enumerate(glist):
-            base = next((e for e in es if e.impl == BASE_EAGER), None)
-            labels.append(g if op == "layers" or " | " not in g else g.split(" | ", 1)[1])
+        for gi, (_, es) in enumerate(glist):
+            base = next((e for e in es if e.impl == "upstream-eager"), None)
             for ii, impl in enumerate(impls):
-                e = next((e for e in es if e.impl == impl), None)
-                s = speedup(base, e) if e else None
-                if s is None:
-                    continue
-                x = gi + (ii - (len(impls) - 1) / 2) * width
-                # bars grow from 1 (upstream eager) up to faster, down to slower
-                ax.bar(x, s - 1.0, width, bottom=1.0, color=colors.get(impl), label=None if impl in labelled else impl)
-                labelled.add(impl)
-                values.append(s)
+                s = speedup(base, next((e for e in es if e.impl == impl), None))
+                if s is not None:
+                    ax.bar(
+                        gi + (ii - (len(impls) - 1) / 2) * width,
+                        s,
+                        width,
+                        color=f"C{ii}",
+                        label=impl if gi == 0 else None,
+                    )
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log", base=2)
-        ax.set_ylim(min(0.5, min(values) / 1.3), max(2.0, max(values) * 1.3))
-        ax.set_xlim(-0.6, len(glist) - 0.4)
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
-        ax.set_title(op, fontsize=10, loc="left")
-        ax.set_ylabel("× vs upstream eager")
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels([lab.replace(" | ", "\n") for lab in labels], fontsize=8)
-        ax.grid(axis="y", alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
-    fig.savefig(path, dpi=110)
+        ax.set_title(f"{op}: × vs upstream eager (higher is faster)", fontsize=10, loc="left")
+        ax.set_xticks(range(len(glist)))
+        ax.set_xticklabels([g.split(" | ", 1)[-1].replace(" | ", "\n") for g, _ in glist], fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", type=Path, help="pytest-benchmark JSON (pytest bench --benchmark-json FILE)")
-    ap.add_argument("--out", type=Path, required=True, help="output directory (report.md, report.png)")
+    ap.add_argument(
+        "json",
+        type=Path,
+        nargs="?",
+        default=HERE / "out" / "run.json",
+        help="pytest-benchmark JSON (default: bench/out/run.json, what `pytest bench` writes)",
+    )
+    ap.add_argument("--out", type=Path, default=HERE / "out", help="output directory (default: bench/out)")
     ap.add_argument("--no-png", action="store_true", help="write only report.md")
     args = ap.parse_args(argv)
-
-    data = load(args.json)
+    with open(args.json) as f:
+        data = json.load(f)
     groups = group_entries(data)
     if not groups:
         print(f"{args.json}: no benchmarks in this file (was it run with --benchmark-disable?)", file=sys.stderr)
@@ -304,10 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     md = args.out / "report.md"
     md.write_text(render_markdown(data, groups) + "\n")
     print(f"wrote {md} ({len(groups)} groups)")
-    if not args.no_png:
-        png = args.out / "report.png"
-        if render_png(data, groups, png):
-            print(f"wrote {png}")
+    if not args.no_png and render_png(groups, args.out / "report.png"):
+        print(f"wrote {args.out / 'report.png'}")
     return 0
 
 

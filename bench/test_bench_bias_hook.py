@@ -8,25 +8,43 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _benchlib import (
+    COPY,
+    IMPLS,
+    HookRunner,
+    activation_cases,
+    assert_same,
+    classes,
+    compiled,
+    graph_info,
+    measure,
+    nbytes,
+    ours_path,
+    randn,
+    random_mask,
+    shape_str,
+)
 from torch.ao.pruning._experimental.pruner.parametrization import BiasHook as UpstreamBiasHook
 from torch.ao.pruning._experimental.pruner.parametrization import FakeStructuredSparsity as UpstreamFSS
-
-from _benchlib import (
-    COPY, IMPLS, SETTINGS, SMALL_BYTES, HookRunner, activation_cases, assert_same, classes, compile_graphs,
-    maybe_compile, measure, nbytes, ours_path, randn, random_mask, shape_str,
-)
 
 
 @pytest.mark.parametrize("impl", IMPLS + (COPY,))
 @pytest.mark.parametrize("case", activation_cases(), ids=lambda c: c.id)
-def test_bias_hook(benchmark, copy_gbps, impl, case):
+def test_bias_hook(benchmark, impl, case):
     benchmark.group = case.group
-    info = {"op": case.op, "impl": impl, "shape": shape_str(case.shape),
-            "dtype": str(case.dtype).replace("torch.", ""), "density": case.density, "prune_bias": case.prune_bias}
+    dtype = str(case.dtype).replace("torch.", "")
+    info = {
+        "op": case.op,
+        "impl": impl,
+        "shape": shape_str(case.shape),
+        "dtype": dtype,
+        "density": case.density,
+        "prune_bias": case.prune_bias,
+    }
     channels = case.shape[1]
     out0 = randn(case.shape, case.dtype)
     bias0 = randn((channels,), case.dtype)
-    mask = random_mask(channels, case.density if case.density is not None else 0.5, SETTINGS.device)
+    mask = random_mask(channels, case.density if case.density is not None else 0.5)
 
     up_hook = UpstreamBiasHook(UpstreamFSS(mask.clone()), case.prune_bias)
     ref_owner = HookRunner(bias0.clone(), up_hook)
@@ -42,29 +60,26 @@ def test_bias_hook(benchmark, copy_gbps, impl, case):
 
         assert_same(fn(), out)
     else:
-        fss, hook_cls, compiled = classes(impl)
+        fss, hook_cls, is_compiled = classes(impl)
         hook = hook_cls(fss(mask.clone()), case.prune_bias)
         owner = HookRunner(bias0.clone(), hook)
-        if compiled:
-            f = maybe_compile(owner, True)
+        f, counter = compiled(owner) if is_compiled else (None, None)
 
-            def fn():
-                return f(out)
+        def fn():
+            return f(out) if f is not None else hook(owner, None, out)  # what the forward-hook machinery calls
 
-            result, meta = compile_graphs(f, fn)
-            info.update(meta)
-        else:
-            def fn():
-                return hook(owner, None, out)  # what the forward-hook machinery calls
-
-            result = fn()
+        result = counter.track(fn) if counter else fn()
+        info.update(graph_info(counter))
         assert_same(result, ref)
         assert_same(owner._bias.detach(), ref_bias, "bias after the hook")
         assert owner._bias.grad is None
         if impl.startswith("ours"):
-            info["ours_path"] = ours_path(out, compiled)
-    n = nbytes(out)
+            info["ours_path"] = ours_path(out, is_compiled)
     ref_out = out0.clone()
-    measure(benchmark, fn, info=info, copy_gbps=copy_gbps, bytes_moved=2 * n, bytes_dense=2 * n,
-            small=n < SMALL_BYTES,
-            ref_fn=(lambda: up_hook(ref_owner, None, ref_out)) if impl == "ours-eager" else None)
+    measure(
+        benchmark,
+        fn,
+        info=info,
+        bytes_moved=2 * nbytes(out),
+        ref_fn=(lambda: up_hook(ref_owner, None, ref_out)) if impl == "ours-eager" else None,
+    )

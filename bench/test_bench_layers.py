@@ -9,27 +9,33 @@ import copy
 
 import pytest
 import torch
-from torch import nn
-
 from _benchlib import (
-    IMPLS, SETTINGS, assert_rel_close, classes, compile_graphs, layer_cases, maybe_compile, measure,
-    prepare_layer, randn, random_mask, shape_str,
+    IMPLS,
+    SETTINGS,
+    assert_rel_close,
+    classes,
+    compiled,
+    graph_info,
+    layer_cases,
+    measure,
+    prepare_layer,
+    randn,
+    random_mask,
 )
+from torch import nn
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("case", layer_cases(), ids=lambda c: c.id)
-def test_layer(benchmark, copy_gbps, impl, case):
+def test_layer(benchmark, impl, case):
     benchmark.group = case.group
-    info = {"op": case.op, "impl": impl, "shape": f"x {shape_str(case.in_shape)}, w {shape_str(case.weight_shape)}",
-            "dtype": str(case.dtype).replace("torch.", ""), "density": case.density}
+    info = {"op": case.op, "impl": impl, "dtype": str(case.dtype).replace("torch.", ""), "density": case.density}
     base = case.make().to(SETTINGS.device, case.dtype)
-    mask = random_mask(case.weight_shape[0], case.density, SETTINGS.device)
+    mask = random_mask(case.weight_shape[0], case.density)
     x = randn(case.in_shape, case.dtype)
     ref_layer = prepare_layer(copy.deepcopy(base), "upstream-eager", mask.clone())
     layer = prepare_layer(copy.deepcopy(base), impl, mask.clone())
-    _, _, compiled = classes(impl)
-    f = maybe_compile(layer, compiled)
+    f, counter = compiled(layer) if classes(impl)[2] else (layer, None)
 
     if case.mode == "fwd":
         with torch.no_grad():
@@ -64,19 +70,15 @@ def test_layer(benchmark, copy_gbps, impl, case):
             ref_orig.grad = None
             ref_layer(xr).backward(grad_out)
 
-    if compiled:
-        out, meta = compile_graphs(f, fn)
-        info.update(meta)
-    else:
-        out = fn()
+    out = counter.track(fn) if counter else fn()
+    info.update(graph_info(counter))
     assert_rel_close(out.detach(), ref.detach())
     assert torch.equal(layer._bias.detach(), ref_layer._bias.detach()), "pruned bias differs"
     if case.mode == "fwdbwd":
         assert_rel_close(xg.grad, xr.grad, "input grad")
         assert_rel_close(orig.grad, ref_layer.parametrizations.weight.original.grad, "weight grad")
         assert layer._bias.grad is None
-    measure(benchmark, fn, info=info, copy_gbps=copy_gbps, flops=case.flops(),
-            ref_fn=ref_fn if impl == "ours-eager" else None)
+    measure(benchmark, fn, info=info, flops=case.flops(), ref_fn=ref_fn if impl == "ours-eager" else None)
 
 
 def test_prepare_layer_matches_upstream_prepare():

@@ -20,31 +20,38 @@ def _load_report():
     return mod
 
 
-def _bench(group, impl, time_s, **extra):
-    info = {"op": group.split(" | ")[0], "impl": impl, "time_s": time_s, "device": "FakeGPU 9000",
-            "torch": "2.99.0", "triton": "9.9.9", "time_source": "device median (synthetic)", **extra}
-    return {"group": group, "name": f"test_x[{impl}]", "fullname": f"bench/test_x.py::test_x[{impl}]",
-            "params": {"impl": impl}, "extra_info": info,
-            "stats": {"min": time_s * 0.9, "max": time_s * 1.5, "mean": time_s * 1.1, "median": time_s * 1.05,
-                      "rounds": 5, "iterations": 1}}
+def _bench(group, impl, median, **extra):
+    info = {"op": group.split(" | ")[0], "impl": impl, **extra}
+    stats = {"min": median * 0.9, "median": median, "iqr": median * 0.1, "rounds": 5, "iterations": 10}
+    return {"group": group, "name": f"test_x[{impl}]", "extra_info": info, "stats": stats}
 
 
-def _synthetic(path: Path) -> Path:
+def _synthetic(path: Path, cuda: bool = False) -> Path:
     g1 = "fss_fwd | 1024x512 bf16 | density 0.5"
     g2 = "bias_hook | 32x256 fp32 | prune_bias=True | density 0.5"
+    dev = {"device_s": 2e-4} if cuda else {}
+    inter = {"1": {"median": 0.8, "q1": 0.75, "q3": 0.85}, "2": {"median": 1.0, "q1": 0.95, "q3": 1.05}}
     benches = [
-        _bench(g1, "ours-eager", 1e-4, bytes=3 * 2**20, gbps=31.5, pct_copy=1.0, ours_path="triton"),
-        _bench(g1, "upstream-eager", 4e-4, bytes=4 * 2**20, gbps=10.5, pct_copy=0.3),
+        _bench(g1, "ours-eager", 1e-4, bytes=3 * 2**20, ours_path="kernels"),
+        _bench(g1, "upstream-eager", 4e-4, bytes=4 * 2**20, **dev),
         _bench(g1, "upstream-compiled", 2e-4, graphs=1, graph_breaks=0),
-        _bench(g1, "ours-compiled", 1e-4, graphs=1),
+        _bench(g1, "ours-compiled", 1e-4, graphs=1, graph_breaks=0),
         _bench(g1, "copy", 5e-5),
-        _bench(g2, "upstream-eager", 1e-5, wall_us_nosync=38.0),
-        _bench(g2, "ours-eager", 2e-5, wall_us_nosync=12.5, vs_upstream_eager_interleaved=0.8),
+        _bench(g2, "upstream-eager", 1e-5),
+        _bench(g2, "ours-eager", 2e-5, vs_upstream_eager=inter),
     ]
-    data = {"machine_info": {"python_version": "3.12.0",
-                             "structprune_bench": {"device": "FakeGPU 9000", "torch": "2.99.0", "triton": "9.9.9",
-                                                   "copy_gbps": 4247.0, "compile_backend": "inductor"}},
-            "commit_info": {"id": "0123456789abcdef"}, "datetime": "2026-11-29T00:00:00", "benchmarks": benches}
+    info = {
+        "device": "FakeGPU 9000",
+        "versions": "torch 2.99.0, triton 9.9.9",
+        "copy_gbps": 4247.0,
+        "compile_backend": "inductor",
+    }
+    data = {
+        "machine_info": {"structprune_bench": info},
+        "commit_info": {"id": "0123456789abcdef"},
+        "datetime": "2026-11-29T00:00:00",
+        "benchmarks": benches,
+    }
     path.write_text(json.dumps(data))
     return path
 
@@ -52,32 +59,48 @@ def _synthetic(path: Path) -> Path:
 def test_report_markdown_and_png(tmp_path):
     run = _synthetic(tmp_path / "run.json")
     out = tmp_path / "rep"
-    proc = subprocess.run([sys.executable, str(REPORT), str(run), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPORT), str(run), "--out", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     md = (out / "report.md").read_text()
     assert "## fss_fwd | 1024x512 bf16 | density 0.5" in md
-    assert "FakeGPU 9000" in md and "torch 2.99.0" in md and "triton 9.9.9" in md and "4247 GB/s" in md
+    assert "FakeGPU 9000" in md and "torch 2.99.0, triton 9.9.9" in md and "4247 GB/s" in md
     # groups in op order, implementations in a fixed order
     assert md.index("## fss_fwd") < md.index("## bias_hook")
-    section = md[md.index("## fss_fwd"):md.index("## bias_hook")]
-    impls = ("upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled", "copy")
-    order = [section.index(f"| {i} |") for i in impls]
+    section = md[md.index("## fss_fwd") : md.index("## bias_hook")]
+    order = [
+        section.index(f"| {i} |")
+        for i in ("upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled", "copy")
+    ]
     assert order == sorted(order)
-    # ours-eager: 4x faster than upstream eager, 2x faster than upstream compiled
+    # ours-eager: the table's median (100 us, IQR 10 us), 4x upstream eager, 2x upstream compiled, 3 MiB in 100 us
     row = next(line for line in section.splitlines() if line.startswith("| ours-eager |"))
-    assert "| 4x |" in row and "| 2x |" in row and "path=triton" in row and "31.5" in row
-    # bias_hook: ours eager takes twice upstream's time; the interleaved ratio (0.8x) is what is flagged
-    assert "| 0.5x | 0.8x **(>10% slower)** |" in md
-    assert "1 group(s) where ours eager is more than 10% slower" in md
-    assert "12.5 us" in md  # no-sync wall time
+    assert "| 100 us [10 us] |" in row and "| 4x | 2x |" in row and "| 31.46 |" in row and "path=kernels" in row
+    assert "graphs/breaks 1/0" in section
+    # the interleaved comparison, per thread count, with its spread; 1 thread is flagged (1/0.8 = 1.25x)
+    assert "| 0.80x [0.75-0.85] slower | 1.00x [0.95-1.05] same |" in md
+    assert "1 case(s) where ours eager takes more than 1.10x" in md and "1 thread(s): 1.25x" in md
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "matplotlib is not installed" in proc.stdout
     else:
-        png = out / "report.png"
-        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_uses_device_time_on_cuda(tmp_path):
+    report = _load_report()
+    run = _synthetic(tmp_path / "run.json", cuda=True)
+    assert report.main([str(run), "--out", str(tmp_path / "rep"), "--no-png"]) == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "device time" in md and "do_bench device times" in md
+    row = next(line for line in md.splitlines() if line.startswith("| upstream-eager |") and "200 us" in line)
+    assert "| 400 us [40 us] | 200 us |" in row
 
 
 def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
@@ -90,10 +113,9 @@ def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
 
 
 def test_report_empty_run(tmp_path):
-    report = _load_report()
     run = tmp_path / "empty.json"
     run.write_text(json.dumps({"benchmarks": []}))
-    assert report.main([str(run), "--out", str(tmp_path / "rep")]) == 1
+    assert _load_report().main([str(run), "--out", str(tmp_path / "rep")]) == 1
 
 
 @pytest.mark.parametrize("seconds,text", [(2.5, "2.5 s"), (1.5e-3, "1.5 ms"), (7.5e-6, "7.5 us"), (3e-8, "30 ns")])

@@ -218,9 +218,8 @@ def print_report(
             + ("" if HAS_CHAINS else "; skip_masked_rows has no chains= option in this version")
         )
     after = variants[0].params_after
-    print(
-        f"\nparameters: {params_before:,} before, {after:,} after pruning ({100 * (1 - after / params_before):.0f}% fewer)"
-    )
+    fewer = 100 * (1 - after / params_before)
+    print(f"\nparameters: {params_before:,} before, {after:,} after pruning ({fewer:.0f}% fewer)")
     ref = variants[0].pruned_out
     for v in variants[1:]:
         if not v.pruned_first and v.pruned_out is not None and v.pruned_out.shape == ref.shape:
@@ -254,11 +253,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--sparsity", type=float, default=0.5, help="fraction of output channels to prune, in [0, 1) (default: 0.5)")
     add("--batch-size", type=int, default=32, help="images per training step (default: 32)")
     add("--width", type=int, default=32, help="channels of the first convolution, then 2x, 4x (default: 32)")
-    add("--compile", action=argparse.BooleanOptionalAction, help="also time every variant under torch.compile "
-        "(default: on with CUDA; off on CPU, where Inductor takes 10-30 s per variant)")  # fmt: skip
+    add(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="also time every variant under torch.compile "
+        "(default: on with CUDA; off on CPU, where Inductor takes 10-30 s per variant)",
+    )
     add("--compile-backend", default="inductor", help="torch.compile backend of the compiled rows (default: inductor)")
-    add("--threads", type=int, default=1, help="CPU: torch threads (default: 1, so that process CPU time is this "
-        "run's work, not threads spinning while another process holds a core; 0: torch's default)")  # fmt: skip
+    add(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU: torch threads (default: 1, so that process CPU time is this "
+        "run's work, not threads spinning while another process holds a core; 0: torch's default)",
+    )
     add("--seed", type=int, default=0, help="seed for the model and the data (default: 0)")
     args = parser.parse_args(argv)
     for name in ("rounds", "steps", "batch_size", "width"):

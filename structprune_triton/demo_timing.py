@@ -20,9 +20,12 @@ import statistics
 import time
 import types
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import torch
 from torch import nn
+
+T = TypeVar("T")
 
 
 def clock(device: torch.device) -> Callable[[], float]:
@@ -89,13 +92,15 @@ class GraphCounter:
         self.graphs += 1
         return self._compile(gm, example_inputs)
 
-    def track(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` (the steps that compile) and add the graph breaks Dynamo counted meanwhile."""
+    def track(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (the calls that compile), add the graph breaks Dynamo counted meanwhile, and
+        return what ``fn`` returned."""
         from torch._dynamo.utils import counters
 
         before = sum(counters["graph_break"].values())
-        fn()
+        result = fn()
         self.breaks += sum(counters["graph_break"].values()) - before
+        return result
 
 
 def fresh_forward(model: nn.Module, name: str) -> Callable:

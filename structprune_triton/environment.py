@@ -23,20 +23,6 @@ def _triton_version() -> str:
     return triton.__version__
 
 
-def _describe_backend(device: torch.device) -> str:
-    # Compatibility shim until the dispatch redesign (describe_backend) lands in main; then delete it.
-    describe = getattr(structprune_triton, "describe_backend", None)
-    if describe is not None:
-        return describe(device)
-    from structprune_triton import _backend
-
-    if not _backend.HAS_TRITON or _backend.get_backend() == "torch":
-        return "torch path"
-    if device.type == "cuda":
-        return "Triton kernels"
-    return "Triton kernels under the interpreter" if _backend.INTERPRET else "torch path (no Triton on CPU)"
-
-
 def device_name(device: torch.device) -> str:
     """``cuda (NVIDIA H200)`` or ``cpu (2 cores, 1 torch threads, x86_64)``."""
     if device.type == "cuda":
@@ -51,7 +37,8 @@ def versions(device: torch.device) -> list[tuple[str, str]]:
         f"torch {torch.__version__}{cuda}, triton {_triton_version()}, python {platform.python_version()}, "
         f"structprune_triton {structprune_triton.__version__}"
     )
-    return [("device", device_name(device)), ("kernels", _describe_backend(device)), ("versions", version_line)]
+    kernels = structprune_triton.describe_backend(device)
+    return [("device", device_name(device)), ("kernels", kernels), ("versions", version_line)]
 
 
 def copy_bandwidth(device: torch.device) -> float:
