@@ -53,7 +53,7 @@ def kernels_take(t: Tensor, dtypes: tuple[torch.dtype, ...], s: Settings, *, eag
     return not (eager and t.is_cuda and s.backend == "auto" and t.numel() < s.triton_min_numel)
 
 
-def _transformed(*tensors: Tensor) -> bool:
+def transformed(*tensors: Tensor) -> bool:
     """True under ``torch.jit.trace``, forward-mode AD or a ``torch.func`` transform: only plain
     differentiable torch ops are right there (a kernel launch is not traceable, and carries no
     tangent or batch rule)."""
@@ -77,7 +77,7 @@ def route(
     the bits (bool mask, float tensor, no mask gradient)."""
     if torch.compiler.is_compiling():
         return Route.OP if kernel_ok and kernels_take(t, dtypes, s, eager=False) else Route.NATIVE
-    if _transformed(t, *others):
+    if transformed(t, *others):
         return Route.NATIVE
     if kernel_ok and kernels_take(t, dtypes, s, eager=True):
         return Route.KERNEL

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from structprune_triton import BiasHook, FakeStructuredSparsity
-
-from structprune_triton import prepare_module
+import structprune_triton
+from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
 from .helpers import ON_GPU, UpstreamBiasHook, UpstreamFSS
 
@@ -133,3 +132,44 @@ def test_peak_memory_no_higher_than_upstream(backend, dtype):
     p_ours, p_theirs = peak(ours), peak(theirs)
     assert p_theirs > 1024 * 4096 * 2  # measured something
     assert p_ours <= p_theirs + (64 << 10), (p_ours, p_theirs)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_layer_on_second_gpu_while_first_is_current(backend):
+    """Triton launches on the *current* device: a layer on cuda:1 with cuda:0 current must still
+    compute on cuda:1 (the launch's device guard), forward, backward and bias hook, as upstream."""
+    torch.manual_seed(0)
+    ours = prepare_module(nn.Linear(256, 4096).to("cuda:1"), (torch.rand(4096) < 0.5).to("cuda:1"))
+    ref = copy.deepcopy(ours)
+    ref_param = UpstreamFSS(ref.parametrizations.weight[0].mask)
+    ref.parametrizations.weight[0] = ref_param
+    ref._forward_hooks.clear()
+    ref.register_forward_hook(UpstreamBiasHook(ref_param, True))
+    x = torch.randn(64, 256, device="cuda:1")
+    torch.cuda.set_device(0)
+    with structprune_triton.use_backend(backend):
+        y = ours(x)
+        y.square().sum().backward()
+    y_ref = ref(x)
+    y_ref.square().sum().backward()
+    torch.cuda.synchronize(1)
+    assert y.device == torch.device("cuda:1")
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(ours.parametrizations.weight.original.grad, ref.parametrizations.weight.original.grad)
+
+
+def test_device_guard_only_switches_for_another_device(monkeypatch):
+    """The guard costs a device-index comparison per launch: on the current device no device
+    switch happens (counted through ``torch.cuda.device``)."""
+    from structprune_triton import launch
+
+    entered = []
+    real = torch.cuda.device
+    monkeypatch.setattr(launch.torch.cuda, "device", lambda d: entered.append(d) or real(d))
+    x = torch.randn(2048, 1024, device="cuda", requires_grad=True)
+    mask = torch.rand(2048, device="cuda") < 0.5
+    with structprune_triton.use_backend("triton"):
+        FakeStructuredSparsity(mask)(x).sum().backward()
+    torch.cuda.synchronize()
+    assert entered == []

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dispatch import Route, kernels_take, route
+from ..dispatch import Route, kernels_take, route, transformed
 from ..layout import is_dense, live_rows, new_output, row_view
 from ..config import HAS_TRITON, Settings, current_settings
 from ..validate import check_mask
@@ -89,7 +89,9 @@ def _native(x: Tensor, mask: Tensor) -> Tensor:
     if mask.dtype == torch.bool:
         return torch.where(m, x, False if x.dtype == torch.bool else 0)
     live = m != 0
-    if mask.requires_grad:  # dead rows pass grad * x to the mask (upstream), nothing to x
+    if mask.requires_grad or transformed(mask):
+        # the mask may be differentiated (reverse or forward mode): dead rows pass grad * x (or
+        # tangent * x) through the mask, as upstream, and nothing to x
         return torch.where(live, m * x, m * x.detach())
     return torch.where(live, m * x, 0)
 
@@ -107,7 +109,7 @@ def plan_launch(x: Tensor, mask: Tensor, out: Tensor, *, settings: Settings | No
     """The kernel launch writing ``out = mask * x`` (``x`` and ``out`` dense with the same strides;
     dead rows of ``x`` are not read)."""
     s = settings or current_settings()
-    args, grid, meta = geometry(x, 0, s)
+    args, grid, meta = geometry(x, 0, s, itemsize=max(x.element_size(), out.element_size()))
     compute = compute_dtype(out.dtype, x.dtype, mask.dtype)
     return Launch(row_mask_kernel, grid, (x, mask, out, *args, mask.stride(0)), {"COMPUTE": compute, **meta})
 
