@@ -325,36 +325,61 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "
     assert math.isfinite(rel) and rel <= bound, f"{what}: relative error {rel:.3g} > {bound}"
 
 
-def interleaved_vs_upstream(fn, ref_fn, threads: int, calls: int, blocks: int) -> dict:
-    """Upstream eager (``ref_fn``) and ours (``fn``) timed by ``torch.utils.benchmark.Timer`` (process
-    CPU time) in alternating blocks of ``calls`` calls at ``threads`` threads; per block upstream's
-    time / ours. Returns the median and quartiles of those ratios, and both median times per call."""
+# Settings under which ours eager is also compared with upstream eager: exact_zeros=False takes
+# upstream's arithmetic on the torch path (the speed/semantics trade-off the README documents).
+VARIANTS = {"": {}, "exact_zeros=False": {"exact_zeros": False}}
+
+
+def _spread(ratios: list[float]) -> dict:
+    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return {"median": median, "q1": q1, "q3": q3}
+
+
+def interleaved_vs_upstream(fn, ref_fn, threads: int, calls: int, blocks: int, variants: dict) -> dict:
+    """Upstream eager (``ref_fn``) and ours (``fn``, under each of ``variants``' settings) timed by
+    ``torch.utils.benchmark.Timer`` (process CPU time) in blocks of ``calls`` calls at ``threads``
+    threads, the order rotated each block. Per variant: the median and quartiles over blocks of
+    upstream's time / ours, and both median times per call."""
     from torch.utils.benchmark import Timer
 
-    timers = [Timer("f()", globals={"f": f}, timer=time.process_time, num_threads=threads) for f in (ref_fn, fn)]
-    ref_t, our_t = [], []
+    names = ["upstream", *variants]
+    timers = {
+        n: Timer("f()", globals={"f": ref_fn if n == "upstream" else fn}, timer=time.process_time, num_threads=threads)
+        for n in names
+    }
+    times: dict[str, list[float]] = {n: [] for n in names}
     for b in range(blocks):
-        pair = [None, None]
-        for i in (0, 1) if b % 2 == 0 else (1, 0):
-            pair[i] = timers[i].timeit(calls).median
-        ref_t.append(pair[0])
-        our_t.append(pair[1])
-    q1, median, q3 = statistics.quantiles([r / o for r, o in zip(ref_t, our_t, strict=True)], n=4, method="inclusive")
+        for k in range(len(names)):
+            n = names[(b + k) % len(names)]
+            with structprune_triton.settings(**variants.get(n, {})):
+                times[n].append(timers[n].timeit(calls).median)
+    up = times["upstream"]
     return {
-        "median": median,
-        "q1": q1,
-        "q3": q3,
-        "blocks": blocks,
-        "calls": calls,
-        "upstream_s": statistics.median(ref_t),
-        "ours_s": statistics.median(our_t),
+        v: {
+            **_spread([u / o for u, o in zip(up, times[v], strict=True)]),
+            "blocks": blocks,
+            "calls": calls,
+            "upstream_s": statistics.median(up),
+            "ours_s": statistics.median(times[v]),
+        }
+        for v in variants
     }
 
 
-def measure(benchmark, fn, *, info: dict, ref_fn=None, bytes_moved: int | None = None, flops: float | None = None):
+def measure(
+    benchmark,
+    fn,
+    *,
+    info: dict,
+    ref_fn=None,
+    bytes_moved: int | None = None,
+    flops: float | None = None,
+    row_mask: bool = True,
+):
     """Time ``fn`` (already warmed up and checked) with pytest-benchmark; on CUDA add do_bench's
     device time; on CPU, with ``ref_fn`` (upstream eager on the same input), add the interleaved
-    comparison at each thread count. ``info`` and the byte/flop counts go to ``extra_info``."""
+    comparison at each thread count (also with ``exact_zeros=False`` where ``fn`` runs the row mask).
+    ``info`` and the byte/flop counts go to ``extra_info``."""
     benchmark.extra_info.update(info, bytes=bytes_moved, flops=flops)
     if benchmark.disabled:
         benchmark(fn)
@@ -381,6 +406,8 @@ def measure(benchmark, fn, *, info: dict, ref_fn=None, bytes_moved: int | None =
     )
     if ref_fn is not None:
         blocks = 6 if SETTINGS.quick else 12
-        benchmark.extra_info["vs_upstream_eager"] = {
-            str(n): interleaved_vs_upstream(fn, ref_fn, n, calls, blocks) for n in SETTINGS.threads
-        }
+        variants = VARIANTS if row_mask else {"": {}}
+        by_threads = {str(n): interleaved_vs_upstream(fn, ref_fn, n, calls, blocks, variants) for n in SETTINGS.threads}
+        for v in variants:
+            key = "vs_upstream_eager" + (f" {v}" if v else "")
+            benchmark.extra_info[key] = {n: r[v] for n, r in by_threads.items()}

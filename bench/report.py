@@ -60,6 +60,7 @@ class Entry:
         self.device = self.extra.get("device_s")
         self.time = self.device if self.device is not None else self.median  # what speed-ups compare
         self.interleaved: dict = self.extra.get("vs_upstream_eager") or {}
+        self.interleaved_upstream_zeros: dict = self.extra.get("vs_upstream_eager exact_zeros=False") or {}
 
     def notes(self) -> str:
         parts = []
@@ -119,6 +120,7 @@ def legend(cuda: bool) -> list[str]:
 def summary(groups: dict[str, list[Entry]], threads: list[str]) -> list[str]:
     cols = ["group", "upstream eager", "ours eager", "upstream / ours"]
     cols += [f"interleaved, {n} thread{'s' * (n != '1')}" for n in threads]
+    cols += [f"exact_zeros=False, {n} thread{'s' * (n != '1')}" for n in threads]
     cols += ["upstream compiled", "ours compiled", "upstream compiled / ours compiled"]
     lines = ["## Summary", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     slow = []
@@ -131,6 +133,9 @@ def summary(groups: dict[str, list[Entry]], threads: list[str]) -> list[str]:
             row.append(fmt_spread(r) if r else "")
             if r and r["median"] < 1 / SLOWDOWN_LIMIT:
                 slow.append(f"{g} ({n} thread(s): {1 / r['median']:.2f}x upstream's time)")
+        for n in threads:
+            r = oe.interleaved_upstream_zeros.get(n) if oe else None
+            row.append(fmt_spread(r) if r else "")
         row += [fmt_time(uc and uc.time), fmt_time(oc and oc.time), fmt_ratio(speedup(uc, oc))]
         lines.append("| " + " | ".join(row) + " |")
     lines.append("")
@@ -139,7 +144,9 @@ def summary(groups: dict[str, list[Entry]], threads: list[str]) -> list[str]:
             "*interleaved*: ours eager and upstream eager timed by `torch.utils.benchmark.Timer` (process CPU time) in "
             "alternating blocks within one test, at each thread count; median [quartiles] over blocks of upstream's "
             "time / ours, 'same' when the quartiles hold 1.0. It is the figure judged against the "
-            f"{SLOWDOWN_LIMIT:.2f}x limit.",
+            f"{SLOWDOWN_LIMIT:.2f}x limit. *exact_zeros=False*: the same, ours run under "
+            "`structprune_triton.settings(exact_zeros=False)` (upstream's `mask * x` on the torch path; row-mask "
+            "cases only), timed in the same blocks.",
             "",
             f"{len(slow)} case(s) where ours eager takes more than {SLOWDOWN_LIMIT:.2f}x upstream eager's time"
             + (": " + "; ".join(slow) if slow else "")

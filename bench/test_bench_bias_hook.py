@@ -82,4 +82,5 @@ def test_bias_hook(benchmark, impl, case):
         info=info,
         bytes_moved=2 * nbytes(out),
         ref_fn=(lambda: up_hook(ref_owner, None, ref_out)) if impl == "ours-eager" else None,
+        row_mask=False,
     )
