@@ -47,37 +47,43 @@ def kernels_take(t: Tensor, dtypes: tuple[torch.dtype, ...], s: Settings, *, eag
     """Do the kernels take tensor ``t`` (device; size, in eager auto mode) with these dtypes?
 
     The size threshold is a per-call host cost (a Triton launch from Python costs more than one
-    torch op on a small tensor), so it applies in eager mode only."""
-    if not kernels_run_on(t.device, s) or not all(d in KERNEL_DTYPES for d in dtypes):
+    torch op on a small tensor), so it applies in eager mode only. Kept cheap: every call runs it."""
+    if s.backend == "torch" or not HAS_TRITON:
         return False
-    return not (eager and t.is_cuda and s.backend == "auto" and t.numel() < s.triton_min_numel)
+    if t.is_cuda:
+        if eager and s.backend == "auto" and t.numel() < s.triton_min_numel:
+            return False
+    elif not (t.is_cpu and kernels_run_on(t.device, s)):
+        return False
+    return all(d in KERNEL_DTYPES for d in dtypes)
 
 
-def transformed(*tensors: Tensor) -> bool:
+def transformed() -> bool:
     """True under ``torch.jit.trace``, forward-mode AD or a ``torch.func`` transform: only plain
     differentiable torch ops are right there (a kernel launch is not traceable, and carries no
     tangent or batch rule)."""
-    if torch.jit.is_tracing() or forward_ad._current_level >= 0:
-        return True
-    return any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors)
+    return (
+        torch._C._get_tracing_state() is not None
+        or forward_ad._current_level >= 0
+        or torch._C._functorch.maybe_current_level() is not None
+    )
 
 
 def route(
     t: Tensor,
-    others: tuple[Tensor, ...],
     dtypes: tuple[torch.dtype, ...],
     s: Settings,
     *,
     kernel_ok: bool = True,
     bits_ok: bool = False,
 ) -> Route:
-    """The implementation for one call on tensor ``t`` (with ``others``, e.g. the mask).
+    """The implementation for one call on tensor ``t`` (the weight, or the module output).
 
     ``kernel_ok``: the op's kernel accepts this call's layout; ``bits_ok``: the call can zero rows on
     the bits (bool mask, float tensor, no mask gradient)."""
     if torch.compiler.is_compiling():
         return Route.OP if kernel_ok and kernels_take(t, dtypes, s, eager=False) else Route.NATIVE
-    if transformed(t, *others):
+    if transformed():
         return Route.NATIVE
     if kernel_ok and kernels_take(t, dtypes, s, eager=True):
         return Route.KERNEL

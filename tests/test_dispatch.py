@@ -23,7 +23,7 @@ def python(code: str, **env) -> subprocess.CompletedProcess:
 
 
 def _route(x, mask, s, **kw):
-    return route(x, (mask,), (x.dtype, torch.promote_types(mask.dtype, x.dtype)), s, **kw)
+    return route(x, (x.dtype, torch.promote_types(mask.dtype, x.dtype)), s, **kw)
 
 
 @pytest.mark.skipif(not KERNELS, reason="no Triton kernels on this machine")

@@ -32,7 +32,7 @@ def bias_hook(
     check_bias(output, bias, mask, dim)
     dim = dim % output.dim()
     s = settings or current_settings()
-    how = route(output, (bias, mask), (output.dtype, bias.dtype), s, kernel_ok=is_dense(output))
+    how = route(output, (output.dtype, bias.dtype), s, kernel_ok=is_dense(output))
     if how is Route.KERNEL:
         data = bias.data  # as upstream: no autograd, no version bump on the parameter
         _launch(output, data, mask, output, dim, prune_bias, data, s)
@@ -90,7 +90,7 @@ def plan_launch(
     dense with the same strides), ``bias' = bias`` zeroed where ``mask == 0`` if ``prune_bias``, and
     ``bias'`` into ``bias_out`` (may be ``bias``) if given and ``prune_bias`` (else it is ``bias``)."""
     s = settings or current_settings()
-    args, grid, meta = geometry(src, dim, s)
+    args, grid, meta = geometry(src, dim, s, itemsize=max(src.element_size(), dst.element_size()))
     write_bias = bias_out is not None and prune_bias
     bias_dst = bias_out if write_bias else bias
     return Launch(

@@ -34,7 +34,7 @@ def row_mask(x: Tensor, mask: Tensor, *, settings: Settings | None = None) -> Te
     s = settings or current_settings()
     out_dtype = torch.promote_types(mask.dtype, x.dtype)  # == result_type for two 1-D+ tensors
     bits_ok = mask.dtype == torch.bool and x.dtype in _SAME_WIDTH_INT
-    how = route(x, (mask,), (x.dtype, out_dtype), s, bits_ok=bits_ok)
+    how = route(x, (x.dtype, out_dtype), s, bits_ok=bits_ok)
     grad = torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad)
     if how is Route.KERNEL:
         return _KernelRowMask.apply(x, mask, s) if grad else _launch_new(x, mask, out_dtype, s)
@@ -89,7 +89,7 @@ def _native(x: Tensor, mask: Tensor) -> Tensor:
     if mask.dtype == torch.bool:
         return torch.where(m, x, False if x.dtype == torch.bool else 0)
     live = m != 0
-    if mask.requires_grad or transformed(mask):
+    if mask.requires_grad or (not torch.compiler.is_compiling() and transformed()):
         # the mask may be differentiated (reverse or forward mode): dead rows pass grad * x (or
         # tangent * x) through the mask, as upstream, and nothing to x
         return torch.where(live, m * x, m * x.detach())
