@@ -406,8 +406,11 @@ def measure(
     )
     if ref_fn is not None:
         blocks = 6 if SETTINGS.quick else 12
+        block_calls = int(min(5000, max(1, 1e-2 / est)))  # blocks of about 10 ms
         variants = VARIANTS if row_mask else {"": {}}
-        by_threads = {str(n): interleaved_vs_upstream(fn, ref_fn, n, calls, blocks, variants) for n in SETTINGS.threads}
+        by_threads = {
+            str(n): interleaved_vs_upstream(fn, ref_fn, n, block_calls, blocks, variants) for n in SETTINGS.threads
+        }
         for v in variants:
             key = "vs_upstream_eager" + (f" {v}" if v else "")
             benchmark.extra_info[key] = {n: r[v] for n, r in by_threads.items()}
