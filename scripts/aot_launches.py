@@ -73,9 +73,10 @@ def cases(compact: bool = False) -> list[Case]:
     weights = [(s, False) for s in LINEAR_WEIGHTS] + [(s, cl) for s in CONV_WEIGHTS for cl in (False, True)]
     outputs = [(s, False) for s in LINEAR_OUTPUTS] + CONV_OUTPUTS
     out = []
-    if compact:
+    if compact:  # channels_last weights plan exactly as contiguous ones (rows are contiguous either way)
         for (s, cl), dt in itertools.product(weights, [torch.bfloat16, torch.float32]):
-            out.append(Case("fwd", s, dt, torch.bool, cl))
+            if not cl:
+                out.append(Case("fwd", s, dt, torch.bool, cl))
         out.append(Case("fwd", (16384, 4096), torch.bfloat16, torch.float32))
         out.append(Case("bwd", (16384, 4096), torch.bfloat16, torch.float32))
         for (s, cl), dt in itertools.product(outputs, [torch.bfloat16, torch.float32]):
