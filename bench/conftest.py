@@ -30,7 +30,7 @@ if "structprune_triton" not in sys.modules:
     os.environ.pop("TRITON_INTERPRET", None)  # (if already imported, leave it for the tests that imported it)
 
 import torch  # noqa: E402
-from _benchlib import SETTINGS  # noqa: E402
+from _cases import SETTINGS  # noqa: E402
 
 from structprune_triton import environment  # noqa: E402
 

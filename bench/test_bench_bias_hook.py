@@ -9,10 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _benchlib import (
-    COPY,
-    IMPLS,
     HookRunner,
-    activation_cases,
     assert_same,
     classes,
     compiled,
@@ -22,8 +19,8 @@ from _benchlib import (
     ours_path,
     randn,
     random_mask,
-    shape_str,
 )
+from _cases import COPY, IMPLS, activation_cases, shape_str
 from torch.ao.pruning._experimental.pruner.parametrization import BiasHook as UpstreamBiasHook
 from torch.ao.pruning._experimental.pruner.parametrization import FakeStructuredSparsity as UpstreamFSS
 

@@ -9,19 +9,8 @@ import copy
 
 import pytest
 import torch
-from _benchlib import (
-    IMPLS,
-    SETTINGS,
-    assert_rel_close,
-    classes,
-    compiled,
-    graph_info,
-    layer_cases,
-    measure,
-    prepare_layer,
-    randn,
-    random_mask,
-)
+from _benchlib import assert_rel_close, classes, compiled, graph_info, measure, prepare_layer, randn, random_mask
+from _cases import IMPLS, SETTINGS, layer_cases
 from torch import nn
 
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 from _benchlib import (
-    COPY,
-    IMPLS,
-    SETTINGS,
     WeightHolder,
     assert_same,
     classes,
@@ -19,9 +16,8 @@ from _benchlib import (
     ours_path,
     randn,
     random_mask,
-    shape_str,
-    weight_cases,
 )
+from _cases import COPY, IMPLS, SETTINGS, shape_str, weight_cases
 from torch.ao.pruning._experimental.pruner.parametrization import FakeStructuredSparsity as UpstreamFSS
 from torch.nn.utils import parametrize
 
