@@ -22,6 +22,16 @@ from torch import Tensor
 _BAD_MASK_DTYPES = (torch.complex32, torch.complex64, torch.complex128)
 
 
+def _other_device(a: Tensor, b: Tensor) -> bool:
+    """``a.device != b.device``, without building device objects in the common cases (every call
+    checks this)."""
+    if a.is_cpu and b.is_cpu:
+        return False
+    if a.is_cuda and b.is_cuda:
+        return a.get_device() != b.get_device()
+    return a.device != b.device
+
+
 def check_mask(x: Tensor, mask: Tensor, dim: int) -> None:
     """``mask`` must be a real 1-D tensor on ``x``'s device with one entry per index of ``dim``."""
     if not isinstance(mask, Tensor):
@@ -36,7 +46,7 @@ def check_mask(x: Tensor, mask: Tensor, dim: int) -> None:
         raise TypeError(f"mask dtype {mask.dtype} is not supported: use bool, an integer or a real float dtype")
     if mask.dim() != 1:
         raise RuntimeError(f"mask must be 1-D (one entry per row), got shape {tuple(mask.shape)}")
-    if mask.device != x.device:
+    if _other_device(mask, x):
         raise RuntimeError(f"mask is on {mask.device} but the tensor it masks is on {x.device}; move the mask")
 
 
@@ -49,13 +59,13 @@ def check_bias(out: Tensor, bias: Tensor, mask: Tensor, dim: int) -> None:
             f"bias of shape {tuple(bias.shape)} cannot be added along dim {dim} "
             f"of an output of shape {tuple(out.shape)}"
         )
-    if bias.device != out.device:
+    if _other_device(bias, out):
         raise RuntimeError(f"bias is on {bias.device} but the output is on {out.device}")
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() != 1 or mask.shape[0] != bias.shape[0]:
         raise IndexError(f"mask of shape {tuple(mask.shape)} does not match bias of shape {tuple(bias.shape)}")
-    if mask.device != out.device:
+    if _other_device(mask, out):
         raise RuntimeError(f"mask is on {mask.device} but the output is on {out.device}")
     if mask.is_complex():
         raise TypeError(f"mask dtype {mask.dtype} is not supported")
