@@ -194,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(lc, facts, broken))
     print_table(rows, a.markdown)
     if not a.markdown:
+        for arch in targets:
+            got = [compiled[specs[i, arch]] for i, lc in enumerate(launches) if lc.aligned]
+            got = [f for f in got if f is not None]
+            if got:
+                print(
+                    f"sm_{arch}, rows of 8k elements: at most {max(f.regs for f in got)} registers, "
+                    f"{max(f.barriers for f in got)} barriers, {max(f.spill_bytes for f in got)} spilled bytes."
+                )
         print(
             f"\n{len(launches)} launches, {len(distinct)} distinct specializations for "
             f"sm_{', sm_'.join(map(str, targets))}; "
