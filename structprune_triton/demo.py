@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import inspect
 import math
 import statistics
 import sys
@@ -40,7 +39,6 @@ LR = 0.01
 # zeros), so only the order of fp32 additions changes: a few ulp of O(1) activations. A pruning
 # error (a wrong channel or bias) would be off by O(0.1).
 TOLERANCE = 1e-4
-HAS_CHAINS = "chains" in inspect.signature(structprune_triton.skip_masked_rows).parameters
 
 
 class Progress:
@@ -92,8 +90,7 @@ class Variant:
         self.pruner.step()  # masks from the initial weights' saliency
         self.skipping = None
         if chains is not None:
-            kwargs = {"chains": chains} if HAS_CHAINS else {}
-            structprune_triton.skip_masked_rows(self.model, **kwargs)
+            structprune_triton.skip_masked_rows(self.model, chains=chains)
             self.skipping = structprune_triton.refresh_live_rows(self.model)
         if self.pruned_first:
             self.model = self.pruner.prune()
@@ -210,13 +207,11 @@ def print_report(
     print("  'same' when the range contains 1.0. graphs/breaks: graphs Dynamo compiled for this row alone")
     print("  (its own code object and backend) and graph breaks. params: after prune(). pruned model: pruned")
     print("  right after the first step(), then fine-tuned (no mask, nothing to check).")
-    skipping = [v for v in variants if v.skipping is not None]
-    if skipping:
-        print(
-            f"skip rows: {skipping[0].skipping} of {len(PRUNE_CONFIG)} pruned layers skip their masked rows "
-            "(smaller or denser layers keep the dense path; see structprune_triton.skip)"
-            + ("" if HAS_CHAINS else "; skip_masked_rows has no chains= option in this version")
-        )
+    eager_skips = [v for v in variants if v.skipping is not None and not v.compiled]
+    skips = [f"{v.name} {v.skipping} of {len(PRUNE_CONFIG)}" for v in eager_skips]
+    if skips:
+        print(f"layers that skip: {', '.join(skips)} (smaller or denser layers keep the dense path:")
+        print("  skip_masked_rows' min_numel and max_density)")
     after = variants[0].params_after
     fewer = 100 * (1 - after / params_before)
     print(f"\nparameters: {params_before:,} before, {after:,} after pruning ({fewer:.0f}% fewer)")
@@ -294,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     base = SmallCNN(args.width).to(device)
     data = synthetic_data(args.batch_size, device, torch.Generator().manual_seed(args.seed))
-    specs = [s for s in SPECS if HAS_CHAINS or s[2] is not True]
+    specs = SPECS
     modes = [False, True] if args.compile else [False]
     progress(f"prepare {len(specs) * len(modes)} copies of the model, step() sets the masks")
     if args.compile:
