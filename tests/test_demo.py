@@ -146,3 +146,18 @@ def test_demo_compiled_rows_are_one_graph_in_any_order() -> None:
     for name, row in compiled.items():
         if name != "upstream (baseline)":
             assert row[7] == "1/0", (name, out)  # graphs/breaks
+
+
+def test_environment_header_names_what_serves_the_device() -> None:
+    import torch
+
+    import structprune_triton
+    from structprune_triton.environment import copy_bandwidth, versions
+
+    cpu = torch.device("cpu")
+    info = dict(versions(cpu))
+    assert list(info) == ["device", "kernels", "versions"]
+    assert info["kernels"] == structprune_triton.describe_backend(cpu)
+    assert f"torch {torch.__version__}" in info["versions"]
+    assert f"structprune_triton {structprune_triton.__version__}" in info["versions"]
+    assert 0.1 < copy_bandwidth(cpu) < 1e4  # GB/s of a 32 MiB copy: any real machine is in this range
