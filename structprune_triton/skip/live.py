@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 from ..ops.row_mask import row_mask
 from ..parametrization import BiasHook, FakeStructuredSparsity
+from .gather import gather, select
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 _STALE_ROWS = (
@@ -71,47 +72,6 @@ def _first_param(module: nn.Module) -> nn.Module | None:
     if plist is None or len(plist) != 1:
         return None
     return plist._modules.get("0")
-
-
-class _Select(torch.autograd.Function):
-    """``t.index_select(dim, idx)`` (``idx`` unique) whose gradient is written into zeros with
-    ``index_copy_`` (autograd's own backward, ``index_add_``, is several times slower on CPU)."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, dim: int, idx: Tensor) -> Tensor:
-        ctx.save_for_backward(idx)
-        ctx.dim, ctx.shape = dim, t.shape
-        return t.index_select(dim, idx)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (idx,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.shape).index_copy_(ctx.dim, idx, grad), None, None
-
-
-class _Block(torch.autograd.Function):
-    """``t[rows][:, cols]`` (both unique) in one gather; the gradient is written into zeros in one
-    ``index_put_`` (dead rows and dead columns exactly zero)."""
-
-    @staticmethod
-    def forward(ctx, t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
-        ctx.save_for_backward(rows, cols)
-        ctx.shape = t.shape
-        return t[rows[:, None], cols]
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        rows, cols = ctx.saved_tensors
-        return grad.new_zeros(ctx.shape).index_put_((rows[:, None], cols), grad), None, None
-
-
-def gather(t: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
-    """Rows (dim 0) and columns (dim 1) ``rows`` and ``cols`` of ``t`` (None: all)."""
-    if rows is not None and cols is not None:
-        return _Block.apply(t, rows, cols)
-    if rows is not None:
-        return _Select.apply(t, 0, rows)
-    return t if cols is None else _Select.apply(t, 1, cols)
 
 
 def _suggests_channels_last(t: Tensor) -> bool:
@@ -298,7 +258,7 @@ class LiveRowsForward:
         if cols is not None:
             if self.verify:
                 self._check_zero_inputs(x, channel_dim)
-            x = _Select.apply(x, channel_dim, cols)
+            x = select(x, channel_dim, cols)
         if fmt is torch.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=fmt)
             w = w.contiguous(memory_format=fmt)
