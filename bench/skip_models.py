@@ -41,15 +41,22 @@ VARIANTS = ("masked dense", "rows", "chains", "pruned")
 
 def mlp(width: int, hidden: int) -> nn.Module:
     return nn.Sequential(
-        nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-        nn.Linear(hidden, width), nn.ReLU(), nn.Linear(width, 10),
+        nn.Linear(width, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Linear(hidden, width),
+        nn.ReLU(),
+        nn.Linear(width, 10),
     )
 
 
 def convnet(cin: int, hidden: int) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(cin, hidden, 3, padding=1, bias=False), nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.ReLU(),
+        nn.Conv2d(cin, hidden, 3, padding=1, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+        nn.ReLU(),
         nn.Conv2d(hidden, cin, 3, padding=1, bias=False),
     )
 
@@ -64,8 +71,13 @@ def cases(quick: bool) -> list[tuple[str, Callable[[], nn.Module], list[str], fl
     return [
         ("MLP 1024-4096-4096-1024-10, batch 256, d=0.5", lambda: mlp(1024, 4096), ["0", "2", "4"], 0.5, (256, 1024)),
         ("MLP 1024-4096-4096-1024-10, batch 256, d=0.25", lambda: mlp(1024, 4096), ["0", "2", "4"], 0.25, (256, 1024)),
-        ("Conv2d 64-256-256-64 3x3, input 16x64x32x32, d=0.5", lambda: convnet(64, 256), ["0", "2"], 0.5,
-         (16, 64, 32, 32)),
+        (
+            "Conv2d 64-256-256-64 3x3, input 16x64x32x32, d=0.5",
+            lambda: convnet(64, 256),
+            ["0", "2"],
+            0.5,
+            (16, 64, 32, 32),
+        ),
     ]
 
 
@@ -126,7 +138,7 @@ def measure(name, factory, layers, density, shape, rounds: int, quick: bool) -> 
         step()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        order = VARIANTS[r % 4:] + VARIANTS[:r % 4]
+        order = VARIANTS[r % 4 :] + VARIANTS[: r % 4]
         for variant in order:
             t0 = time.process_time()
             steps[variant]()
@@ -170,9 +182,11 @@ def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, list[float]
     if args.keep_memory:
         keep_freed_memory()
     rounds = args.rounds or (3 if args.quick else 15)
-    print(f"# {datetime.date.today()}, torch {torch.__version__}, {cpu_name()}, "
-          f"{torch.get_num_threads()} torch threads, {rounds} interleaved rounds, process time per training step"
-          + (", glibc keeps freed memory" if args.keep_memory else ""))
+    print(
+        f"# {datetime.date.today()}, torch {torch.__version__}, {cpu_name()}, "
+        f"{torch.get_num_threads()} torch threads, {rounds} interleaved rounds, process time per training step"
+        + (", glibc keeps freed memory" if args.keep_memory else "")
+    )
     print("| model | " + " | ".join(VARIANTS) + " |")
     print("|---" * (len(VARIANTS) + 1) + "|")
     results, notes = [], []

@@ -30,7 +30,7 @@ from structprune_triton.skip import LiveRowsForward, refresh_live_rows, skip_mas
 from structprune_triton.testing import random_mask
 
 FP32 = {"rtol": 1e-5, "atol": 1e-5}
-BF16 = {"rtol": 2 ** -7, "atol": 2 ** -7}
+BF16 = {"rtol": 2**-7, "atol": 2**-7}
 # Tests use small layers: skip whatever the size, and pad live sets to multiples of 8 (the compile
 # test uses the default 64).
 SMALL = {"min_numel": 0, "max_density": 1.0, "row_multiple": 8}
@@ -42,8 +42,11 @@ def skip_small(model: nn.Module, **kwargs) -> nn.Module:
 
 def masks_for(model: nn.Module, density: float = 0.4, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {n: random_mask(m.weight.shape[0], density=density, generator=g)
-            for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    return {
+        n: random_mask(m.weight.shape[0], density=density, generator=g)
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    }
 
 
 def prepared(model: nn.Module, masks: dict[str, torch.Tensor], prune_bias: bool, upstream: bool = False):
@@ -335,8 +338,11 @@ def test_disable_then_prune_leaves_plain_modules() -> None:
     pruned_without_package(pruned, masked, x)
 
 
-@pytest.mark.xfail("prune" not in vars(ours.BaseStructuredSparsifier), strict=True,
-                   reason="the pruners' prune() does not call skip_masked_rows(model, enabled=False) yet")
+@pytest.mark.xfail(
+    "prune" not in vars(ours.BaseStructuredSparsifier),
+    strict=True,
+    reason="the pruners' prune() does not call skip_masked_rows(model, enabled=False) yet",
+)
 def test_prune_leaves_plain_modules() -> None:
     """Our pruners' ``prune()`` on a model with skipping enabled returns plain torch modules."""
     model, pruner = mlp_pruner()
@@ -497,8 +503,13 @@ def test_chain_fallbacks(case) -> None:
     the result equals the dense path."""
     factory, prune_bias = FALLBACKS[case]
     torch.manual_seed(0)
-    dense, _ = prepared(factory(), {"a": torch.arange(16) % 3 == 0, "b": torch.arange(16) % 2 == 0}
-                        if case in ("residual add", "untraceable") else {"a": torch.arange(16) % 3 == 0}, prune_bias)
+    dense, _ = prepared(
+        factory(),
+        {"a": torch.arange(16) % 3 == 0, "b": torch.arange(16) % 2 == 0}
+        if case in ("residual add", "untraceable")
+        else {"a": torch.arange(16) % 3 == 0},
+        prune_bias,
+    )
     fast = skip_small(copy.deepcopy(dense))
     assert fast.a.forward.skip
     assert not getattr(fast.b.__dict__.get("forward"), "chain", False)

@@ -24,19 +24,55 @@ __all__ = ["find_chains"]
 
 # zero in, zero out, each element on its own
 _ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Mish, nn.ELU,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Mish,
+    nn.ELU,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Identity,
 )
 _ELEMENTWISE_FUNCTIONS = {
-    F.relu, torch.relu, torch.relu_, F.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu, torch.tanh, F.tanh,
-    F.hardtanh, F.hardswish, F.mish, F.elu, F.dropout, F.dropout1d, F.dropout2d,
+    F.relu,
+    torch.relu,
+    torch.relu_,
+    F.relu_,
+    F.relu6,
+    F.leaky_relu,
+    F.gelu,
+    F.silu,
+    torch.tanh,
+    F.tanh,
+    F.hardtanh,
+    F.hardswish,
+    F.mish,
+    F.elu,
+    F.dropout,
+    F.dropout1d,
+    F.dropout2d,
 }
 _ELEMENTWISE_METHODS = {"relu", "relu_", "tanh", "tanh_"}
 # zero channel in, zero channel out (each channel on its own); only on (N, C, H, W) activations
 _POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _POOL_FUNCTIONS = {F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
-_INPLACE_OPERATORS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.ipow,
-                      operator.iand, operator.ior, operator.ixor, operator.setitem}
+_INPLACE_OPERATORS = {
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    operator.ipow,
+    operator.iand,
+    operator.ior,
+    operator.ixor,
+    operator.setitem,
+}
 
 
 def find_chains(model: nn.Module) -> list[tuple[nn.Module, nn.Module, int]]:
@@ -68,7 +104,7 @@ def find_chains(model: nn.Module) -> list[tuple[nn.Module, nn.Module, int]]:
 
 
 def _kind(node: fx.Node, modules: dict[str, nn.Module]) -> str | None:
-    """"elementwise", "pool" or "flatten" if ``node`` maps a zero channel of its first argument to a
+    """The kind ("elementwise", "pool", "flatten") if ``node`` maps a zero channel of its first argument to a
     zero channel (and takes no other tensor), else None."""
     if any(isinstance(a, fx.Node) for a in (*node.args[1:], *node.kwargs.values())) or not node.args:
         return None
@@ -135,7 +171,7 @@ def _producer_of(consumer_node: fx.Node, modules: dict[str, nn.Module], calls: C
             return None
     elif "flatten" in kinds:  # (N, C, H, W) -> (N, C*H*W): channel c is a contiguous block
         cut = kinds.index("flatten")
-        if "flatten" in kinds[cut + 1:] or "pool" in kinds[cut + 1:] or not isinstance(consumer, nn.Linear):
+        if "flatten" in kinds[cut + 1 :] or "pool" in kinds[cut + 1 :] or not isinstance(consumer, nn.Linear):
             return None
         if consumer.in_features % channels:
             return None
