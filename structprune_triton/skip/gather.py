@@ -26,19 +26,24 @@ class _Select(torch.autograd.Function):
 
 
 class _Block(torch.autograd.Function):
-    """``t[rows][:, cols]`` (both unique) in one gather; the gradient is written into zeros in one
-    ``index_put_`` (dead rows and dead columns exactly zero)."""
+    """``t[rows][:, cols]`` (both unique) as two ``index_select`` (rows first: contiguous copies); the
+    gradient is scattered into zeros one dim at a time (dead rows and dead columns exactly zero).
+    On CPU both are about twice as fast as advanced indexing and ``index_put_`` at 4096x4096."""
 
     @staticmethod
     def forward(ctx, t: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
         ctx.save_for_backward(rows, cols)
         ctx.shape = t.shape
-        return t[rows[:, None], cols]
+        return t.index_select(0, rows).index_select(1, cols)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         rows, cols = ctx.saved_tensors
-        return grad.new_zeros(ctx.shape).index_put_((rows[:, None], cols), grad), None, None
+        shape = list(ctx.shape)
+        shape[0] = rows.shape[0]
+        index = cols.view(1, -1, *[1] * (grad.dim() - 2)).expand_as(grad)
+        live_rows = grad.new_zeros(shape).scatter_(1, index, grad)
+        return grad.new_zeros(ctx.shape).index_copy_(0, rows, live_rows), None, None
 
 
 def gather(t: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
