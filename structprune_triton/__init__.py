@@ -5,12 +5,12 @@ with Triton kernels behind the same interface. Change one import:
 """
 
 from . import ops  # noqa: F401  (registers torch.ops.structprune_triton.*)
+from .config import Settings, configure, current_settings, settings, use_backend
 from .dispatch import describe_backend, kernels_run_on
 from .ops.bias_add import bias_hook
 from .ops.row_mask import row_mask
 from .parametrization import BiasHook, FakeStructuredSparsity, module_contains_param
 from .pruner import accelerate, prepare_module
-from .config import Settings, configure, current_settings, settings, use_backend
 from .skip import refresh_live_rows, skip_masked_rows
 
 __version__ = "0.1.0"

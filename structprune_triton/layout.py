@@ -23,7 +23,7 @@ def is_dense(t: Tensor) -> bool:
     contiguous tensor: contiguous, channels_last, transposed, ...)."""
     if t.is_contiguous():
         return True
-    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
+    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True) if sz != 1)
     expected = 1
     for st, sz in dims:
         if st != expected:

@@ -37,13 +37,13 @@ def bf16_ulp_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
     """Within one bf16/fp16 ulp: the interpreter's fp32->bf16 cast rounds toward zero (torch rounds
     to nearest even), so a non-exact product of a soft mask can differ by one ulp there."""
     assert actual.dtype == expected.dtype
-    torch.testing.assert_close(actual.float(), expected.float(), rtol=2 ** -7, atol=0, equal_nan=True)
+    torch.testing.assert_close(actual.float(), expected.float(), rtol=2**-7, atol=0, equal_nan=True)
 
 
 def layout_dims(t: torch.Tensor) -> list[tuple[int, int]]:
     """(stride, size) of dims of size > 1, sorted: the memory format, independent of the
     strides torch picks for size-1 dims."""
-    return sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz > 1)
+    return sorted((st, sz) for sz, st in zip(t.shape, t.stride(), strict=True) if sz > 1)
 
 
 def assert_kernel_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:

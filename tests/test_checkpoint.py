@@ -23,9 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from structprune_triton import BiasHook, FakeStructuredSparsity
-
-from structprune_triton import prepare_module
+from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
 from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, assert_same
 
@@ -59,13 +57,15 @@ def prepare(model: nn.Module, ms, classes=OURS, prune_bias: bool = True) -> nn.M
     """Upstream's ``_prepare`` on every conv/linear of ``model``."""
     param_cls, hook_cls = classes
     layers = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
-    for layer, mask in zip(layers, ms):
+    for layer, mask in zip(layers, ms, strict=True):
         hook_param = None
         if classes is UPSTREAM and mask.dtype != torch.bool:
             # Upstream's hook prunes with `bias[~mask]`, which only means "mask == 0" for bool
             # masks: the reference hook gets the bool mask (ours takes every dtype).
             hook_param = param_cls(mask != 0)
-        prepare_module(layer, mask.clone(), prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls, hook_param=hook_param)
+        prepare_module(
+            layer, mask.clone(), prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls, hook_param=hook_param
+        )
     return model
 
 
@@ -105,7 +105,7 @@ def test_loading_keeps_the_target_masks(backend):
     dst_masks = masks(torch.bool, seed=3)
     dst = prepare(make_model(1), dst_masks)
     dst.load_state_dict(src.state_dict(), strict=True)
-    for layer, m in zip(layers_of(dst), dst_masks):
+    for layer, m in zip(layers_of(dst), dst_masks, strict=True):
         assert torch.equal(layer.parametrizations.weight[0].mask, m)
 
 
@@ -151,7 +151,7 @@ def test_deepcopy_keeps_masks_and_outputs(backend, mask_dtype):
     with torch.no_grad():
         y = model(x)
     clone = copy.deepcopy(model)
-    for a, b in zip(layers_of(model), layers_of(clone)):
+    for a, b in zip(layers_of(model), layers_of(clone), strict=True):
         pa, pb = a.parametrizations.weight[0], b.parametrizations.weight[0]
         assert type(pb) is FakeStructuredSparsity and pb is not pa
         assert torch.equal(pb.mask, pa.mask) and pb.mask.data_ptr() != pa.mask.data_ptr()
@@ -186,12 +186,14 @@ def test_remove_parametrizations_equals_upstream(backend, mask_dtype, leave_para
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=leave_parametrized)
             assert not parametrize.is_parametrized(layer)
     ours, up = models
-    for a, b, base, m in zip(layers_of(ours), layers_of(up), layers_of(make_model(0)), ms):
+    for a, b, base, m in zip(layers_of(ours), layers_of(up), layers_of(make_model(0)), ms, strict=True):
         assert_same(a.weight.detach(), b.weight.detach())  # ours == upstream's masked weight
         if leave_parametrized:
             shape = [-1] + [1] * (base.weight.dim() - 1)
             assert torch.equal(a.weight.detach()[m == 0], torch.zeros_like(a.weight[m == 0]))
-            torch.testing.assert_close(a.weight.detach(), base.weight.detach() * m.reshape(shape).float(), rtol=0, atol=0)
+            torch.testing.assert_close(
+                a.weight.detach(), base.weight.detach() * m.reshape(shape).float(), rtol=0, atol=0
+            )
         else:
             assert_same(a.weight.detach(), base.weight.detach())
     # The hooks still add the bias after removal (they keep their parametrization object).
@@ -206,7 +208,9 @@ def test_remove_parametrizations_equals_upstream(backend, mask_dtype, leave_para
 @pytest.mark.parametrize("classes", [OURS, UPSTREAM], ids=["ours", "upstream"])
 def test_pickling_a_parametrized_model_is_refused_by_torch(classes):
     model = prepare(make_model(0), masks(torch.bool), classes)
-    with pytest.raises(RuntimeError, match="Serialization of parametrized modules is only supported through state_dict"):
+    with pytest.raises(
+        RuntimeError, match="Serialization of parametrized modules is only supported through state_dict"
+    ):
         torch.save(model, io.BytesIO())
 
 

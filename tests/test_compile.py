@@ -9,15 +9,13 @@ import copy
 
 import pytest
 import torch
-from torch._dynamo.backends.common import aot_autograd
 import torch._dynamo
 from torch import nn
+from torch._dynamo.backends.common import aot_autograd
 from torch.nn.utils import parametrize
 
 import structprune_triton
-from structprune_triton import BiasHook, FakeStructuredSparsity
-
-from structprune_triton import prepare_module
+from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
 from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
 

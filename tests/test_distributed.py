@@ -41,7 +41,9 @@ from structprune_triton import prepare_module
 
 from .helpers import KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
 
 WORLD = 2
 PER_RANK = 4
@@ -63,7 +65,7 @@ def make_model() -> nn.Module:
 
 def prepare(model: nn.Module, param_cls, hook_cls) -> nn.Module:
     """Upstream's ``_prepare`` on the two Linears: parametrization, ``_bias``, BiasHook."""
-    for lin, mask in zip((model[0], model[2]), MASKS):
+    for lin, mask in zip((model[0], model[2]), MASKS, strict=True):
         prepare_module(lin, mask.clone(), prune_bias=True, parametrization=param_cls, hook=hook_cls)
     return model
 
@@ -108,7 +110,10 @@ def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
         "backend_INTERPRET": config.INTERPRET,
     }
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD,
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD,
         timeout=datetime.timedelta(seconds=60),
     )
     x_all, y_all = data()
@@ -118,7 +123,9 @@ def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
             sp.configure(backend=backend)
             for mode in DDP_MODES:
                 model = prepare(make_model(), FakeStructuredSparsity, BiasHook)
-                kwargs = {"find_unused": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}.get(mode, {})
+                kwargs = {"find_unused": {"find_unused_parameters": True}, "static_graph": {"static_graph": True}}.get(
+                    mode, {}
+                )
                 if mode == "bias_no_grad":
                     for lin in (model[0], model[2]):
                         lin._bias.requires_grad_(False)
@@ -140,7 +147,10 @@ def _worker(rank: int, port: int, out_dir: str, backends: list[str]) -> None:
             except Exception:  # noqa: BLE001  (reported by the test as a skip reason)
                 res[(backend, "fsdp2")] = traceback.format_exc()
         # Plain DDP last (its failure leaves a reduction unfinished), ours and upstream's classes.
-        for key, classes in (("plain", (FakeStructuredSparsity, BiasHook)), ("plain_upstream", (UpstreamFSS, UpstreamBiasHook))):
+        for key, classes in (
+            ("plain", (FakeStructuredSparsity, BiasHook)),
+            ("plain_upstream", (UpstreamFSS, UpstreamBiasHook)),
+        ):
             model = prepare(make_model(), *classes)
             try:
                 train(model, nn.parallel.DistributedDataParallel(model), x, y)
@@ -207,7 +217,7 @@ def test_ddp_equals_single_process_upstream(results, reference, backend, mode):
         assert torch.equal(ranks[0][name], ranks[1][name]), name
         torch.testing.assert_close(ranks[0][name], expected, rtol=1e-10, atol=1e-12, msg=name)
     # Dead rows never move; the pruned bias entries are zero, as upstream's.
-    for i, mask in zip((0, 2), MASKS):
+    for i, mask in zip((0, 2), MASKS, strict=True):
         w = ranks[0][f"{i}.parametrizations.weight.original"]
         assert torch.equal(w[~mask], make_model()[i].weight.detach()[~mask])
         assert torch.equal(ranks[0][f"{i}._bias"][~mask], torch.zeros(int((~mask).sum()), dtype=torch.float64))
@@ -246,7 +256,7 @@ def test_fsdp2_equals_single_process_upstream(results, reference, backend):
             torch.testing.assert_close(res[(backend, "fsdp2")][name], expected, rtol=1e-10, atol=1e-12, msg=name)
     for res in results:
         torch.testing.assert_close(res[(backend, "fsdp2", "out")], ref_out, rtol=1e-10, atol=1e-12)
-        for i, mask in zip((0, 2), MASKS):
+        for i, mask in zip((0, 2), MASKS, strict=True):
             b = res[(backend, "fsdp2")][f"{i}._bias"]
             assert res[(backend, "fsdp2")][f"{i}._bias.grad_is_none"]
             # Live entries as upstream; dead entries: the hook zeroes the unsharded copy of each

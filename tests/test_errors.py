@@ -16,9 +16,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 import structprune_triton as sp
-from structprune_triton import BiasHook, FakeStructuredSparsity
-
-from structprune_triton import prepare_module
+from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
 from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same
 
@@ -66,8 +64,6 @@ def check_same_error(entry, x, mask, expected):
     assert raised(lambda: upstream_call(x, mask)) is expected  # upstream's behaviour, pinned
     with pytest.raises(expected):
         ENTRIES[entry](x, mask)
-
-
 
 
 def hook_pair(out_features, bias, mask, prune_bias):
@@ -140,7 +136,9 @@ def test_mask_wrong_length_at_registration(backend):
     for param_cls in (UpstreamFSS, FakeStructuredSparsity):
         lin = nn.Linear(3, 4, device=DEVICE)
         with pytest.raises(AssertionError, match=r"mask shape\[0\] \(5\) must match x shape\[0\] \(4\)"):
-            parametrize.register_parametrization(lin, "weight", param_cls(torch.ones(5, dtype=torch.bool, device=DEVICE)))
+            parametrize.register_parametrization(
+                lin, "weight", param_cls(torch.ones(5, dtype=torch.bool, device=DEVICE))
+            )
 
 
 @pytest.mark.parametrize("entry", ENTRY_NAMES)
@@ -201,7 +199,9 @@ def test_complex_mask(backend, entry, dtype):
 @pytest.mark.parametrize("entry", ENTRY_NAMES)
 def test_weight_of_rank_0(backend, entry):
     # Upstream indexes x.shape[0] of a 0-d tensor: IndexError.
-    check_same_error(entry, torch.tensor(1.5, device=DEVICE), torch.ones(1, dtype=torch.bool, device=DEVICE), IndexError)
+    check_same_error(
+        entry, torch.tensor(1.5, device=DEVICE), torch.ones(1, dtype=torch.bool, device=DEVICE), IndexError
+    )
 
 
 # ---------------------------------------------------------------- NaN / inf weights
@@ -217,11 +217,15 @@ def test_nan_inf_weight(backend, entry, mask_dtype, dtype):
     nan, inf = float("nan"), float("inf")
     x = torch.tensor(
         [[nan, 1.0, -2.0], [inf, 2.0, 3.0], [nan, -inf, 0.5], [-inf, inf, nan], [1.0, 2.0, 4.0]],
-        dtype=dtype, device=DEVICE,
+        dtype=dtype,
+        device=DEVICE,
     )
     live = torch.tensor([True, False, True, False, True], device=DEVICE)
-    mask = torch.where(live, torch.tensor([2.0, 0, 0.5, 0, 1.0], device=DEVICE), 0).to(mask_dtype) \
-        if mask_dtype.is_floating_point else live.to(mask_dtype)
+    mask = (
+        torch.where(live, torch.tensor([2.0, 0, 0.5, 0, 1.0], device=DEVICE), 0).to(mask_dtype)
+        if mask_dtype.is_floating_point
+        else live.to(mask_dtype)
+    )
     ours = ENTRIES[entry](x, mask)
     ref = UpstreamFSS(mask)(x)
     assert ours.dtype == ref.dtype and ours.shape == ref.shape
@@ -269,13 +273,17 @@ EMPTY_SHAPES = [(0, 3), (4, 0), (0,), (0, 0, 2), (2, 0, 3), (3, 2, 0, 1)]
 def test_empty_forward_backward(backend, shape, mask_dtype):
     mask = (torch.arange(shape[0], device=DEVICE) % 2 == 0).to(mask_dtype)
     outs, grads = [], []
-    for fn in (lambda w: FakeStructuredSparsity(mask)(w), lambda w: sp.row_mask(w, mask), lambda w: UpstreamFSS(mask)(w)):
+    for fn in (
+        lambda w: FakeStructuredSparsity(mask)(w),
+        lambda w: sp.row_mask(w, mask),
+        lambda w: UpstreamFSS(mask)(w),
+    ):
         w = torch.randn(shape, device=DEVICE, requires_grad=True)
         y = fn(w)
         y.backward(torch.randn_like(y))
         outs.append(y.detach())
         grads.append(w.grad)
-    for o, g in zip(outs[:2], grads[:2]):
+    for o, g in zip(outs[:2], grads[:2], strict=True):
         assert_same(o, outs[2])
         assert_same(g, grads[2])
     for op in (ops.row_mask, lambda x, m: ops.row_mask_backward(x, m, torch.float64)):
@@ -293,7 +301,9 @@ def test_bias_hook_empty_batch(backend, kind, prune_bias):
     base = make().to(DEVICE)
     mask = torch.tensor([True, False, True, False, True], device=DEVICE)
     ours = prepare_module(make().to(DEVICE), mask.clone(), prune_bias=prune_bias)
-    ref = prepare_module(make().to(DEVICE), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook)
+    ref = prepare_module(
+        make().to(DEVICE), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook
+    )
     for m in (ours, ref):
         with torch.no_grad():
             m.parametrizations.weight.original.copy_(base.weight)
@@ -405,7 +415,9 @@ def test_bias_hook_meta_device(backend, prune_bias, where):
 def test_bias_hook_output_of_rank_0(backend, prune_bias):
     # Upstream: `idx[1] = -1` on a 0-d output, IndexError; ours: dim out of range, IndexError.
     out = torch.tensor(1.0, device=DEVICE)
-    (hook, lin), (uhook, ulin) = hook_pair(1, torch.randn(1, device=DEVICE), torch.ones(1, dtype=torch.bool, device=DEVICE), prune_bias)
+    (hook, lin), (uhook, ulin) = hook_pair(
+        1, torch.randn(1, device=DEVICE), torch.ones(1, dtype=torch.bool, device=DEVICE), prune_bias
+    )
     exc = raised(lambda: uhook(ulin, None, out.clone()))
     assert exc is IndexError
     with pytest.raises(exc):
@@ -439,7 +451,13 @@ def test_linear_bias_along_last_dim_for_btc_input(backend, prune_bias, T):
     base = nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE)
     mask = torch.tensor([True, False, True, True, False, True], device=DEVICE)
     ours = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias=prune_bias)
-    ups = prepare_module(nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook)
+    ups = prepare_module(
+        nn.Linear(C_in, C, dtype=torch.float64, device=DEVICE),
+        mask.clone(),
+        prune_bias=prune_bias,
+        parametrization=UpstreamFSS,
+        hook=UpstreamBiasHook,
+    )
     for m in (ours, ups):
         with torch.no_grad():
             m.parametrizations.weight.original.copy_(base.weight)

@@ -62,7 +62,7 @@ def test_upstream_hook_syncs_with_prune_bias():
 
 def test_non_default_stream(backend):
     """Our launches follow the current stream: a producer on a side stream is seen."""
-    mask = (torch.rand(4096, device="cuda") < 0.5)
+    mask = torch.rand(4096, device="cuda") < 0.5
     src = torch.randn(4096, 1024, device="cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())

@@ -79,7 +79,9 @@ def test_row_mask_double_backward(backend, mask_name):
     mask = masks(4)[mask_name]
     x = leaf(4, 2)
     # Upstream's backward (grad * mask) is differentiable: pin that, then require the same of ours.
-    (gx,) = torch.autograd.grad(UpstreamFSS(mask)(x), x, torch.ones(4, 2, dtype=F64, requires_grad=True), create_graph=True)
+    (gx,) = torch.autograd.grad(
+        UpstreamFSS(mask)(x), x, torch.ones(4, 2, dtype=F64, requires_grad=True), create_graph=True
+    )
     assert gx.requires_grad
     assert gradgradcheck(lambda t: sp.row_mask(t, mask), (x,), fast_mode=fast(backend))
 
@@ -138,6 +140,6 @@ def test_compiled_row_mask_and_bias_hook(backend, mask_name):
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     w, out = leaf(7, 3), leaf(2, 7, seed=3)
     # The compiled function is what is checked: equal to eager first, then its gradients.
-    for a, b in zip(compiled(w, out), fn(w, out)):
+    for a, b in zip(compiled(w, out), fn(w, out), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert gradcheck(compiled, (w, out), fast_mode=fast(backend))

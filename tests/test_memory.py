@@ -7,9 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from structprune_triton import FakeStructuredSparsity
-
-from structprune_triton import prepare_module
+from structprune_triton import FakeStructuredSparsity, prepare_module
 
 from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, random_mask
 

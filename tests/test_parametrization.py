@@ -8,9 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from structprune_triton import BiasHook, FakeStructuredSparsity, module_contains_param
-
-from structprune_triton import prepare_module
+from structprune_triton import BiasHook, FakeStructuredSparsity, module_contains_param, prepare_module
 
 from .helpers import (
     DEVICE,
@@ -147,8 +145,6 @@ def test_forward_errors_match_upstream():
 # ---------------------------------------------------------------- BiasHook
 
 
-
-
 MODULES = {
     "linear": (lambda: nn.Linear(7, 9), (4, 7)),
     "conv2d": (lambda: nn.Conv2d(3, 9, 3, padding=1), (2, 3, 5, 4)),
@@ -163,8 +159,12 @@ def test_bias_hook_equals_upstream(backend, kind, prune_bias, dtype):
     make, in_shape = MODULES[kind]
     base = make().to(DEVICE, dtype)
     mask = random_mask(9, torch.bool, 0.5)
-    ours = prepare_module(copy.deepcopy(base), mask.clone(), prune_bias=prune_bias, parametrization=FakeStructuredSparsity, hook=BiasHook)
-    ref = prepare_module(copy.deepcopy(base), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook)
+    ours = prepare_module(
+        copy.deepcopy(base), mask.clone(), prune_bias=prune_bias, parametrization=FakeStructuredSparsity, hook=BiasHook
+    )
+    ref = prepare_module(
+        copy.deepcopy(base), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook
+    )
     x = torch.randn(in_shape, device=DEVICE, dtype=dtype)
     if kind == "conv2d_cl":
         x = x.to(memory_format=torch.channels_last)
@@ -196,7 +196,13 @@ def test_bias_hook_without_bias_is_identity(backend):
 
 def test_bias_hook_eager_is_in_place_like_upstream(backend):
     """Upstream mutates the output in place and returns it; so do we (eager)."""
-    lin = prepare_module(nn.Linear(4, 6).to(DEVICE), random_mask(6), prune_bias=True, parametrization=FakeStructuredSparsity, hook=BiasHook)
+    lin = prepare_module(
+        nn.Linear(4, 6).to(DEVICE),
+        random_mask(6),
+        prune_bias=True,
+        parametrization=FakeStructuredSparsity,
+        hook=BiasHook,
+    )
     out = torch.randn(3, 6, device=DEVICE)
     before = out.clone()
     ret = BiasHook(lin.parametrizations.weight[0], True)(lin, None, out)
@@ -205,7 +211,13 @@ def test_bias_hook_eager_is_in_place_like_upstream(backend):
 
 def test_bias_hook_version_counter_guards_saved_outputs(backend):
     """If someone saved the output for backward, an in-place add must be detected, as upstream."""
-    lin = prepare_module(nn.Linear(4, 6).to(DEVICE), random_mask(6), prune_bias=False, parametrization=FakeStructuredSparsity, hook=BiasHook)
+    lin = prepare_module(
+        nn.Linear(4, 6).to(DEVICE),
+        random_mask(6),
+        prune_bias=False,
+        parametrization=FakeStructuredSparsity,
+        hook=BiasHook,
+    )
     x = torch.randn(3, 6, device=DEVICE, requires_grad=True)
     out = x.exp()  # exp saves its output
     BiasHook(lin.parametrizations.weight[0], False)(lin, None, out)

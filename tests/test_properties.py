@@ -192,7 +192,10 @@ def test_bias_hook_equals_upstream(backend, hc):
     # Upstream's `~mask` is only "mask == 0" for bool masks: its reference gets the bool mask
     # (ours treats every dtype as mask != 0, documented in parametrization.py).
     results = []
-    for hook_cls, param_cls, m in ((BiasHook, FakeStructuredSparsity, mask), (UpstreamBiasHook, UpstreamFSS, mask != 0)):
+    for hook_cls, param_cls, m in (
+        (BiasHook, FakeStructuredSparsity, mask),
+        (UpstreamBiasHook, UpstreamFSS, mask != 0),
+    ):
         module = (nn.Linear(1, C) if kind == "linear" else nn.Conv2d(1, C, 1)).to(DEVICE, c.dtype)
         module.bias = None
         module._bias = nn.Parameter(bias.clone())

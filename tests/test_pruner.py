@@ -11,7 +11,8 @@ from __future__ import annotations
 import copy
 import io
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -43,7 +44,7 @@ def _kernels_and_determinism():
     torch.backends.cuda.matmul.allow_tf32 = False
     with structprune_triton.use_backend("triton" if KERNELS else "auto"):
         yield
-    for f, v in zip(flags, saved):
+    for f, v in zip(flags, saved, strict=True):
         setattr(torch.backends.cudnn, f, v)
     torch.backends.cuda.matmul.allow_tf32 = saved_matmul
 
@@ -62,6 +63,7 @@ PRUNED_TOL = dict(rtol=1e-5, atol=1e-5)
 # model's output shape survives pruning and the masked and pruned outputs can be compared.
 # --------------------------------------------------------------------------------------------
 
+
 def _w(*names: str) -> list[str]:
     return [f"{n}.weight" for n in names]
 
@@ -71,18 +73,24 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...], list[str]]] = 
     "LinearBias": (cp.LinearBias, (3, 7), _w("seq.0", "seq.1", "seq.2", "seq.3")),
     "LinearActivation": (cp.LinearActivation, (3, 7), _w("seq.0", "seq.2", "seq.4", "linear1")),
     "LinearActivationFunctional": (
-        cp.LinearActivationFunctional, (3, 7), _w("seq.0", "seq.2", "seq.4", "linear1", "linear2"),
+        cp.LinearActivationFunctional,
+        (3, 7),
+        _w("seq.0", "seq.2", "seq.4", "linear1", "linear2"),
     ),
     "SimpleConv2d": (cp.SimpleConv2d, (1, 1, 9, 9), _w("seq.0", "seq.1", "conv2d1")),
     "Conv2dBias": (cp.Conv2dBias, (1, 1, 11, 11), _w("seq.0", "seq.1", "seq.2", "conv2d1")),
     "Conv2dActivation": (cp.Conv2dActivation, (1, 1, 11, 11), _w("seq.0", "seq.2", "seq.4", "conv2d1")),
     "Conv2dPadBias": (
-        cp.Conv2dPadBias, (1, 1, 6, 6), _w("seq.0", "seq.2", "seq.4", "seq.6", "seq.8", "conv2d1"),
+        cp.Conv2dPadBias,
+        (1, 1, 6, 6),
+        _w("seq.0", "seq.2", "seq.4", "seq.6", "seq.8", "conv2d1"),
     ),
     "Conv2dPool": (cp.Conv2dPool, (1, 1, 8, 8), _w("seq.0", "seq.3", "conv2d1", "conv2d2")),
     "Conv2dPoolFlatten": (cp.Conv2dPoolFlatten, (1, 1, 8, 8), _w("seq.0", "seq.3", "conv2d1", "conv2d2")),
     "Conv2dPoolFlattenFunctional": (
-        cp.Conv2dPoolFlattenFunctional, (1, 1, 8, 8), _w("seq.0", "seq.3", "conv2d1", "conv2d2"),
+        cp.Conv2dPoolFlattenFunctional,
+        (1, 1, 8, 8),
+        _w("seq.0", "seq.3", "conv2d1", "conv2d2"),
     ),
 }
 
@@ -117,6 +125,7 @@ def _first(out: Any) -> torch.Tensor:
 # masks change between steps (exercising in-place mask updates) and ours and upstream's agree.
 # --------------------------------------------------------------------------------------------
 
+
 def fixed_mask(fqn: str, n: int, step: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(zlib.crc32(fqn.encode()) + 1000 * step)
     keep = torch.rand(n, generator=g) < 0.6
@@ -144,6 +153,7 @@ class UpFixed(_FixedMasks, up.BaseStructuredSparsifier):
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
+
 
 def assert_ours_used(model: nn.Module, expect_hooks: bool = True) -> None:
     """Every structured parametrization of ``model`` and every bias hook is this package's class."""
@@ -198,8 +208,15 @@ def _config(fqns: list[str]) -> list[dict[str, Any]]:
     return [{"tensor_fqn": f} for f in fqns]
 
 
-def run_both(ours_pruner: Any, up_pruner: Any, model: nn.Module, x: torch.Tensor, fqns: list[str],
-             train_steps: int = 2, expect_hooks: bool = True) -> dict[str, Any]:
+def run_both(
+    ours_pruner: Any,
+    up_pruner: Any,
+    model: nn.Module,
+    x: torch.Tensor,
+    fqns: list[str],
+    train_steps: int = 2,
+    expect_hooks: bool = True,
+) -> dict[str, Any]:
     """prepare / step / train / step / masked forward / prune for our pruner and upstream's on
     copies of ``model``; asserts bitwise agreement along the way and returns the results."""
     m_ours, m_up = copy.deepcopy(model), copy.deepcopy(model)
@@ -232,6 +249,7 @@ def run_both(ours_pruner: Any, up_pruner: Any, model: nn.Module, x: torch.Tensor
 # --------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------
+
 
 def test_classes_subclass_upstream() -> None:
     pairs = [
@@ -284,8 +302,13 @@ def test_lstm_pruner_matches_upstream(name: str) -> None:
     model, x = _make(LSTM_MODELS[name]), _input(LSTM_INPUT)
     defaults = {"sparsity_level": 0.5}
     r = run_both(
-        ours.LSTMSaliencyPruner(defaults), up.LSTMSaliencyPruner(defaults), model, x, LSTM_FQNS,
-        train_steps=1, expect_hooks=False,  # LSTMs get the parametrization only, as upstream
+        ours.LSTMSaliencyPruner(defaults),
+        up.LSTMSaliencyPruner(defaults),
+        model,
+        x,
+        LSTM_FQNS,
+        train_steps=1,
+        expect_hooks=False,  # LSTMs get the parametrization only, as upstream
     )
     pruned = r["model"]
     assert pruned.lstm.hidden_size == 4 and pruned.lstm.weight_hh_l1.shape == (16, 4)
@@ -324,8 +347,14 @@ def test_prepare_keeps_upstream_layout() -> None:
     assert mask is lin0.parametrizations.weight[0].mask
     assert mask.dtype == torch.bool and mask.all() and mask.shape == (5,)
     assert model.state_dict().keys() == {
-        "seq.0._bias", "seq.0.parametrizations.weight.original", "seq.1.parametrizations.weight.original",
-        "seq.2.weight", "seq.2.bias", "seq.3.weight", "seq.3.bias", "seq.4.weight",
+        "seq.0._bias",
+        "seq.0.parametrizations.weight.original",
+        "seq.1.parametrizations.weight.original",
+        "seq.2.weight",
+        "seq.2.bias",
+        "seq.3.weight",
+        "seq.3.bias",
+        "seq.4.weight",
     }
 
 
@@ -333,10 +362,13 @@ def test_config_parametrization_and_mask_are_honoured() -> None:
     model = _make(cp.SimpleLinear)
     mask = torch.tensor([True, False, True, True, False], device=DEVICE)
     p = ours.SaliencyPruner({"sparsity_level": 0.5})
-    p.prepare(model, [
-        {"tensor_fqn": "seq.0.weight", "mask": mask},
-        {"tensor_fqn": "seq.1.weight", "parametrization": up_param.FakeStructuredSparsity},
-    ])
+    p.prepare(
+        model,
+        [
+            {"tensor_fqn": "seq.0.weight", "mask": mask},
+            {"tensor_fqn": "seq.1.weight", "parametrization": up_param.FakeStructuredSparsity},
+        ],
+    )
     assert model.seq[0].parametrizations.weight[0].mask is mask
     assert type(model.seq[1].parametrizations.weight[0]) is up_param.FakeStructuredSparsity
 
@@ -348,9 +380,7 @@ def test_accelerate_upstream_prepared_model() -> None:
     ref, fast = up.SaliencyPruner({"sparsity_level": 0.5}), up.SaliencyPruner({"sparsity_level": 0.5})
     ref.prepare(ref_model, _config(fqns))
     fast.prepare(fast_model, _config(fqns))
-    hooks_before = {
-        name: list(m._forward_hooks.keys()) for name, m in fast_model.named_modules() if m._forward_hooks
-    }
+    hooks_before = {name: list(m._forward_hooks.keys()) for name, m in fast_model.named_modules() if m._forward_hooks}
     assert structprune_triton.pruner.accelerate(fast_model) is fast_model
     assert_ours_used(fast_model)
     for fqn in fqns:
@@ -362,7 +392,7 @@ def test_accelerate_upstream_prepared_model() -> None:
     before = [(p, h) for m in fast_model.modules() for p in _params(m) for h in m._forward_hooks.values()]
     structprune_triton.pruner.accelerate(fast_model)
     after = [(p, h) for m in fast_model.modules() for p in _params(m) for h in m._forward_hooks.values()]
-    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(before, after)) and len(before) == len(after)
+    assert all(a[0] is b[0] and a[1] is b[1] for a, b in zip(before, after, strict=True)) and len(before) == len(after)
     # the upstream pruner keeps working on the accelerated model, with upstream's exact results
     for pruner, m in ((ref, ref_model), (fast, fast_model)):
         pruner.step()

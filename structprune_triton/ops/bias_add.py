@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..config import HAS_TRITON, Settings, current_settings
 from ..dispatch import Route, kernels_take, route
 from ..layout import is_dense, live_rows, new_output, row_view
-from ..config import HAS_TRITON, Settings, current_settings
 from ..validate import check_bias
 
 if HAS_TRITON:
@@ -102,7 +102,14 @@ def plan_launch(
 
 
 def _launch(
-    src: Tensor, bias: Tensor, mask: Tensor, dst: Tensor, dim: int, prune_bias: bool, bias_out: Tensor | None, s: Settings
+    src: Tensor,
+    bias: Tensor,
+    mask: Tensor,
+    dst: Tensor,
+    dim: int,
+    prune_bias: bool,
+    bias_out: Tensor | None,
+    s: Settings,
 ) -> Tensor:
     if src.numel() == 0:
         if bias_out is not None and prune_bias:

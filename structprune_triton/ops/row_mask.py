@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..config import HAS_TRITON, Settings, current_settings
 from ..dispatch import Route, kernels_take, route, transformed
 from ..layout import is_dense, live_rows, new_output, row_view
-from ..config import HAS_TRITON, Settings, current_settings
 from ..validate import check_mask
 
 if HAS_TRITON:
