@@ -35,6 +35,22 @@ from _cases import SETTINGS  # noqa: E402
 from structprune_triton import environment  # noqa: E402
 
 
+class _DefaultJson:
+    """``bench/out/run.json``, opened only when pytest-benchmark writes it (``with f as fh:
+    fh.write(...)``), so a run in which no benchmark ran leaves an earlier JSON alone."""
+
+    def __enter__(self):
+        DEFAULT_JSON.parent.mkdir(exist_ok=True)
+        self._file = open(DEFAULT_JSON, "wb")  # noqa: SIM115 (closed by __exit__)
+        return self._file
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    def __str__(self) -> str:
+        return str(DEFAULT_JSON)
+
+
 def _interpreter_active() -> bool:
     for name in ("structprune_triton.config", "structprune_triton._backend"):
         if getattr(sys.modules.get(name), "INTERPRET", False):
@@ -70,8 +86,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if getattr(config.option, "benchmark_timer", None) == "time.perf_counter":  # pytest-benchmark's default
             config.option.benchmark_timer = "time.process_time"
     if not SETTINGS.benchmark_disabled and getattr(config.option, "benchmark_json", None) is None:
-        DEFAULT_JSON.parent.mkdir(exist_ok=True)
-        config.option.benchmark_json = open(DEFAULT_JSON, "wb")  # noqa: SIM115 (pytest-benchmark closes it)
+        config.option.benchmark_json = _DefaultJson()
     # Every (shape, dtype) compiles its own graph (dynamic=False); the default limits (8 per code
     # object) would make later cases fall back to eager silently.
     from torch._dynamo import config as dynamo_config
