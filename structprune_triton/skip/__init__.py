@@ -39,8 +39,10 @@ invisible to (3), and compiled graphs run no host check. A row that *died* since
 still exactly zero (the mask is read on every call). A row that *came alive* outside ``idx`` would
 be wrong, so with ``verify=True`` (default) every call checks on the device, without a host sync
 (``torch._assert_async``: ``RuntimeError`` on CPU, a device assert on CUDA), that no row outside
-``idx`` is live and that the input channels a chained layer skips are exactly zero (one max-abs
-reduction over its input). ``verify=False`` drops these checks.
+``idx`` is live and, in a chained layer, that the channels it skips are dead in the source's mask
+and exactly zero in the first sample of its input (a max-abs over one sample: cheap, and it catches
+a zero that stopped being one, e.g. a forward hook added after the chain was found).
+``verify=False`` drops these checks.
 
 torch.compile: the index tensors are plain attributes, read by the graph on every call. A refresh
 within the same padding bucket keeps every shape (no recompile); a new bucket changes a length
