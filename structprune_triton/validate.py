@@ -16,10 +16,7 @@ indexing with ``prune_bias``; checked whatever ``prune_bias`` is).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
-
-_BAD_MASK_DTYPES = (torch.complex32, torch.complex64, torch.complex128)
 
 
 def _other_device(a: Tensor, b: Tensor) -> bool:
@@ -40,9 +37,9 @@ def check_mask(x: Tensor, mask: Tensor, dim: int) -> None:
         raise IndexError("mask must be 1-D (one entry per row): got a 0-d (scalar) tensor")
     if x.dim() == 0:
         raise IndexError("structured pruning masks dim 0 of a tensor: got a 0-d (scalar) tensor")
-    if mask.shape[0] != x.shape[dim]:
+    if mask.size(0) != x.size(dim):
         raise AssertionError(f"mask shape[0] ({mask.shape[0]}) must match x shape[{dim}] ({x.shape[dim]})")
-    if mask.dtype in _BAD_MASK_DTYPES or mask.is_complex():
+    if mask.is_complex():
         raise TypeError(f"mask dtype {mask.dtype} is not supported: use bool, an integer or a real float dtype")
     if mask.dim() != 1:
         raise RuntimeError(f"mask must be 1-D (one entry per row), got shape {tuple(mask.shape)}")

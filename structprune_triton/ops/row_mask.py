@@ -32,8 +32,10 @@ def row_mask(x: Tensor, mask: Tensor, *, settings: Settings | None = None) -> Te
     with upstream's exception types (``validate.py``)."""
     check_mask(x, mask, 0)
     s = settings or current_settings()
-    out_dtype = torch.promote_types(mask.dtype, x.dtype)  # == result_type for two 1-D+ tensors
-    bits_ok = mask.dtype == torch.bool and x.dtype in _SAME_WIDTH_INT
+    bool_mask = mask.dtype == torch.bool
+    # == result_type for two tensors of rank >= 1; a bool mask never promotes
+    out_dtype = x.dtype if bool_mask else torch.promote_types(mask.dtype, x.dtype)
+    bits_ok = bool_mask and x.dtype in _SAME_WIDTH_INT
     how = route(x, (x.dtype, out_dtype), s, bits_ok=bits_ok)
     grad = torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad)
     if how is Route.KERNEL:
