@@ -15,7 +15,8 @@ and ``squash_mask`` run unchanged. What is changed, and why:
   find it on a structured pruner's model, registers a second (unstructured) parametrization and the
   next forward fails; it also pops the masks out of the state dict it is given. Ours restores the
   masks into the structured parametrizations and leaves its argument alone.
-* ``step`` is upstream's followed by :func:`~structprune_triton.refresh_live_rows`, so that layers
+* ``prune`` switches :func:`~structprune_triton.skip_masked_rows` off first (plain torch modules
+  come back). ``step`` is upstream's followed by :func:`~structprune_triton.refresh_live_rows`, so that layers
   with :func:`~structprune_triton.skip_masked_rows` enabled follow the new masks.
 * ``state_dict`` returns ``"state"`` as a plain dict (upstream: the live ``defaultdict``, which
   ``torch.load(weights_only=True)``, the default, refuses to load).
@@ -36,7 +37,7 @@ from torch.ao.pruning.sparsifier.utils import get_arg_info_from_tensor_fqn
 from torch.nn.utils import parametrize
 
 from .parametrization import BiasHook, FakeStructuredSparsity
-from .skip import refresh_live_rows
+from .skip import refresh_live_rows, skip_masked_rows
 
 __all__ = [
     "BaseStructuredSparsifier",
@@ -128,6 +129,13 @@ class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
         model = getattr(self, "model", None)
         if model is not None:
             refresh_live_rows(model)
+
+    def prune(self) -> Any:
+        """Upstream's ``prune()``, after :func:`~structprune_triton.skip_masked_rows` is switched off
+        (``enabled=False``): the pruned layers come back as plain torch modules, with nothing of
+        this package on them or in their pickles."""
+        skip_masked_rows(self.model, enabled=False)
+        return super().prune()
 
     def state_dict(self) -> dict[str, Any]:
         """Upstream's ``{"state": ..., "groups": ...}`` (groups without module references), except

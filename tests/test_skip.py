@@ -338,11 +338,6 @@ def test_disable_then_prune_leaves_plain_modules() -> None:
     pruned_without_package(pruned, masked, x)
 
 
-@pytest.mark.xfail(
-    "prune" not in vars(ours.BaseStructuredSparsifier),
-    strict=True,
-    reason="the pruners' prune() does not call skip_masked_rows(model, enabled=False) yet",
-)
 def test_prune_leaves_plain_modules() -> None:
     """Our pruners' ``prune()`` on a model with skipping enabled returns plain torch modules."""
     model, pruner = mlp_pruner()
