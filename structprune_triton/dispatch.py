@@ -15,6 +15,7 @@ import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
 from .config import HAS_TRITON, INTERPRET, Settings, current_settings
+from .layout import is_dense
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -74,18 +75,19 @@ def route(
     dtypes: tuple[torch.dtype, ...],
     s: Settings,
     *,
-    kernel_ok: bool = True,
+    dense_only: bool = False,
     bits_ok: bool = False,
 ) -> Route:
     """The implementation for one call on tensor ``t`` (the weight, or the module output).
 
-    ``kernel_ok``: the op's kernel accepts this call's layout; ``bits_ok``: the call can zero rows on
+    ``dense_only``: the op's kernel takes only dense layouts of ``t``; ``bits_ok``: the call can zero rows on
     the bits (bool mask, float tensor, no mask gradient)."""
     if torch.compiler.is_compiling():
-        return Route.OP if kernel_ok and kernels_take(t, dtypes, s, eager=False) else Route.NATIVE
+        kernels = kernels_take(t, dtypes, s, eager=False) and (not dense_only or is_dense(t))
+        return Route.OP if kernels else Route.NATIVE
     if transformed():
         return Route.NATIVE
-    if kernel_ok and kernels_take(t, dtypes, s, eager=True):
+    if kernels_take(t, dtypes, s, eager=True) and (not dense_only or is_dense(t)):
         return Route.KERNEL
     if not s.exact_zeros:
         return Route.MULTIPLY

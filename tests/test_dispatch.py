@@ -53,8 +53,9 @@ def test_routes():
     w = x.clone().requires_grad_()
     assert _route(w, mask, torch_only, bits_ok=True) is Route.NATIVE
     assert _route(w, mask, Settings(backend="torch", bits_min_numel_grad=0), bits_ok=True) is Route.BITS
-    # a layout the kernel does not take
-    assert _route(x, mask, Settings(), kernel_ok=False, bits_ok=True) is Route.BITS
+    # a layout the kernel does not take, where the op needs a dense one
+    sliced = torch.randn(4, 6)[:, ::2]
+    assert _route(sliced, mask, Settings(), dense_only=True, bits_ok=True) is Route.BITS
 
 
 def test_traced_and_transformed_calls_take_native_ops():

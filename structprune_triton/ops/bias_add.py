@@ -32,7 +32,7 @@ def bias_hook(
     check_bias(output, bias, mask, dim)
     dim = dim % output.dim()
     s = settings or current_settings()
-    how = route(output, (output.dtype, bias.dtype), s, kernel_ok=is_dense(output))
+    how = route(output, (output.dtype, bias.dtype), s, dense_only=True)
     if how is Route.KERNEL:
         data = bias.data  # as upstream: no autograd, no version bump on the parameter
         _launch(output, data, mask, output, dim, prune_bias, data, s)
@@ -41,14 +41,13 @@ def bias_hook(
             # `output` for backward must see that it changed, as with upstream's `output += bias`.
             torch.autograd.graph.increment_version(output)
         return output
-    if how is Route.OP:
+    if how is Route.OP or torch.compiler.is_compiling():
         if prune_bias:
-            _zero_dead_(bias, mask)
-        return torch.ops.structprune_triton.bias_add(output, bias.detach(), mask, dim, False)
-    if torch.compiler.is_compiling():  # the parameter itself, under no_grad (Dynamo has no .data)
-        if prune_bias:
-            _zero_dead_(bias, mask)
+            with torch.no_grad():  # the parameter itself (Dynamo has no .data)
+                _zero_dead_(bias, mask)
         bias = bias.detach()
+        if how is Route.OP:
+            return torch.ops.structprune_triton.bias_add(output, bias, mask, dim, False)
     else:
         bias = bias.data
         if prune_bias:
@@ -60,9 +59,9 @@ def bias_hook(
 # ---- torch path -----------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _zero_dead_(bias: Tensor, mask: Tensor) -> None:
-    """Set the entries of ``bias`` whose mask is 0 to zero, in place, without a host sync."""
+    """Set the entries of ``bias`` (not tracked by autograd) whose mask is 0 to zero, in place,
+    without a host sync."""
     dead = ~live_rows(mask)
     if bias.is_cpu and torch.compiler.is_compiling():
         # an index_put, which Inductor's CPU code computes once; a masked_fill_ it inlines into the
