@@ -87,7 +87,9 @@ def route(
         return Route.OP if kernels else Route.NATIVE
     if transformed():
         return Route.NATIVE
-    if kernels_take(t, dtypes, s, eager=True) and (not dense_only or is_dense(t)):
+    # the first test spares CPU calls without the interpreter (the common eager CPU case) two calls
+    maybe_kernels = s.backend != "torch" and (t.is_cuda or INTERPRET or s.backend == "triton")
+    if maybe_kernels and kernels_take(t, dtypes, s, eager=True) and (not dense_only or is_dense(t)):
         return Route.KERNEL
     if not s.exact_zeros:
         return Route.MULTIPLY

@@ -41,7 +41,7 @@ def bias_hook(
             # `output` for backward must see that it changed, as with upstream's `output += bias`.
             torch.autograd.graph.increment_version(output)
         return output
-    if how is Route.OP or torch.compiler.is_compiling():
+    if how is Route.OP or (how is Route.NATIVE and torch.compiler.is_compiling()):
         if prune_bias:
             with torch.no_grad():  # the parameter itself (Dynamo has no .data)
                 _zero_dead_(bias, mask)
