@@ -30,6 +30,9 @@ class Route(enum.Enum):
     MULTIPLY = "multiply"  # upstream's own arithmetic ``mask * x`` (``Settings.exact_zeros=False``)
 
 
+_NEEDS_INTERPRETER = "backend 'triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported"
+
+
 def kernels_run_on(device: torch.device, s: Settings | None = None) -> bool:
     """True if the Triton kernels serve tensors on ``device`` under ``s`` (sizes aside)."""
     s = s or current_settings()
@@ -40,7 +43,7 @@ def kernels_run_on(device: torch.device, s: Settings | None = None) -> bool:
     if device.type != "cpu":
         return False
     if s.backend == "triton" and not INTERPRET:
-        raise RuntimeError("backend 'triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported")
+        raise RuntimeError(_NEEDS_INTERPRETER)
     return INTERPRET
 
 
@@ -54,7 +57,11 @@ def kernels_take(t: Tensor, dtypes: tuple[torch.dtype, ...], s: Settings, *, eag
     if t.is_cuda:
         if eager and s.backend == "auto" and t.numel() < s.triton_min_numel:
             return False
-    elif not (t.is_cpu and kernels_run_on(t.device, s)):
+    elif not t.is_cpu:
+        return False
+    elif not INTERPRET:  # the common eager CPU case: decided without building a device object
+        if s.backend == "triton":
+            raise RuntimeError(_NEEDS_INTERPRETER)
         return False
     return all(d in KERNEL_DTYPES for d in dtypes)
 
@@ -82,14 +89,13 @@ def route(
 
     ``dense_only``: the op's kernel takes only dense layouts of ``t``; ``bits_ok``: the call can zero rows on
     the bits (bool mask, float tensor, no mask gradient)."""
-    if torch.compiler.is_compiling():
-        kernels = kernels_take(t, dtypes, s, eager=False) and (not dense_only or is_dense(t))
-        return Route.OP if kernels else Route.NATIVE
-    if transformed():
+    compiling = torch.compiler.is_compiling()
+    if not compiling and transformed():
         return Route.NATIVE
-    # the first test spares CPU calls without the interpreter (the common eager CPU case) two calls
-    maybe_kernels = s.backend != "torch" and (t.is_cuda or INTERPRET or s.backend == "triton")
-    if maybe_kernels and kernels_take(t, dtypes, s, eager=True) and (not dense_only or is_dense(t)):
+    kernels = kernels_take(t, dtypes, s, eager=not compiling) and (not dense_only or is_dense(t))
+    if compiling:
+        return Route.OP if kernels else Route.NATIVE
+    if kernels:
         return Route.KERNEL
     if not s.exact_zeros:
         return Route.MULTIPLY

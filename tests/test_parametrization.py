@@ -159,9 +159,7 @@ def test_bias_hook_equals_upstream(backend, kind, prune_bias, dtype):
     make, in_shape = MODULES[kind]
     base = make().to(DEVICE, dtype)
     mask = random_mask(9, torch.bool, 0.5)
-    ours = prepare_module(
-        copy.deepcopy(base), mask.clone(), prune_bias=prune_bias, parametrization=FakeStructuredSparsity, hook=BiasHook
-    )
+    ours = prepare_module(copy.deepcopy(base), mask.clone(), prune_bias=prune_bias)
     ref = prepare_module(
         copy.deepcopy(base), mask.clone(), prune_bias=prune_bias, parametrization=UpstreamFSS, hook=UpstreamBiasHook
     )
@@ -200,8 +198,6 @@ def test_bias_hook_eager_is_in_place_like_upstream(backend):
         nn.Linear(4, 6).to(DEVICE),
         random_mask(6),
         prune_bias=True,
-        parametrization=FakeStructuredSparsity,
-        hook=BiasHook,
     )
     out = torch.randn(3, 6, device=DEVICE)
     before = out.clone()
@@ -215,8 +211,6 @@ def test_bias_hook_version_counter_guards_saved_outputs(backend):
         nn.Linear(4, 6).to(DEVICE),
         random_mask(6),
         prune_bias=False,
-        parametrization=FakeStructuredSparsity,
-        hook=BiasHook,
     )
     x = torch.randn(3, 6, device=DEVICE, requires_grad=True)
     out = x.exp()  # exp saves its output

@@ -71,6 +71,11 @@ def _zero_dead_(bias: Tensor, mask: Tensor) -> None:
         bias.masked_fill_(dead, 0)
 
 
+def _pruned(bias: Tensor, mask: Tensor) -> Tensor:
+    """A new tensor: ``bias`` with the entries whose mask is 0 set to zero."""
+    return torch.where(live_rows(mask), bias, 0)
+
+
 # ---- Triton kernel ---------------------------------------------------------------------------------
 
 
@@ -112,7 +117,7 @@ def _launch(
 ) -> Tensor:
     if src.numel() == 0:
         if bias_out is not None and prune_bias:
-            bias_out.copy_(torch.where(live_rows(mask), bias, 0))
+            bias_out.copy_(_pruned(bias, mask))
         return dst
     plan_launch(src, bias, mask, dst, dim, prune_bias, bias_out, settings=s).run()
     return dst
@@ -131,7 +136,7 @@ def bias_add_op(src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: b
     dst = new_output(src, src.dtype, s.poison_outputs)
     if is_dense(src) and kernels_take(src, (src.dtype, bias.dtype), s, eager=False):
         return _launch(src, bias, mask, dst, dim, prune_bias, None, s)
-    b = torch.where(live_rows(mask), bias, 0) if prune_bias else bias
+    b = _pruned(bias, mask) if prune_bias else bias
     return torch.add(src, row_view(b, src.dim(), dim), out=dst)
 
 
