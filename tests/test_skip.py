@@ -40,6 +40,20 @@ def skip_small(model: nn.Module, **kwargs) -> nn.Module:
     return skip_masked_rows(model, **{**SMALL, **kwargs})
 
 
+def dense_and_skipping(base: nn.Module, config: list[dict], sparsity: float) -> tuple[list, list]:
+    """Two copies of ``base``, each prepared by its own ``SaliencyPruner``: the masked dense path, and
+    the same with ``skip_masked_rows`` (small-layer settings). Returns ``(models, pruners)``."""
+    models, pruners = [], []
+    for enable in (False, True):
+        model = copy.deepcopy(base)
+        pruner = ours.SaliencyPruner({"sparsity_level": sparsity})
+        pruner.prepare(model, copy.deepcopy(config))
+        skip_small(model, enabled=enable)
+        models.append(model)
+        pruners.append(pruner)
+    return models, pruners
+
+
 def masks_for(model: nn.Module, density: float = 0.4, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -179,15 +193,8 @@ def test_pruner_steps_match_dense() -> None:
     torch.manual_seed(0)
     base = nn.Sequential(nn.Linear(12, 48), nn.ReLU(), nn.Linear(48, 40), nn.ReLU(), nn.Linear(40, 5))
     config = [{"tensor_fqn": "0.weight"}, {"tensor_fqn": "2.weight"}]
-    models, pruners, opts = [], [], []
-    for enable in (False, True):
-        model = copy.deepcopy(base)
-        pruner = ours.SaliencyPruner({"sparsity_level": 0.2})
-        pruner.prepare(model, copy.deepcopy(config))
-        skip_small(model, enabled=enable)
-        models.append(model)
-        pruners.append(pruner)
-        opts.append(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3))
+    models, pruners = dense_and_skipping(base, config, 0.2)
+    opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3) for m in models]
     counts = set()
     for step in range(6):
         x = torch.randn(8, 12)
@@ -427,14 +434,7 @@ def test_chains_match_dense_across_steps(dtype) -> None:
     torch.manual_seed(0)
     base = Chained().to(dtype)
     config = [{"tensor_fqn": f"{n}.weight"} for n in ("conv1", "conv2", "fc1", "fc2")]
-    models, pruners = [], []
-    for enable in (False, True):
-        model = copy.deepcopy(base)
-        pruner = ours.SaliencyPruner({"sparsity_level": 0.3})
-        pruner.prepare(model, copy.deepcopy(config))
-        skip_small(model, enabled=enable)
-        models.append(model)
-        pruners.append(pruner)
+    models, pruners = dense_and_skipping(base, config, 0.3)
     tol = FP32 if dtype == torch.float32 else BF16
     for step in range(3):
         for pruner in pruners:
