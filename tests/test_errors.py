@@ -4,7 +4,7 @@ upstream, with the type documented in ``structprune_triton/validate.py``; and th
 are not errors (NaN/inf weights, empty tensors, (B, T, C) inputs to ``nn.Linear``).
 
 Entry points: the parametrization module (``FakeStructuredSparsity``), the functional API
-(``row_mask``, ``bias_hook``), the ``torch.library`` ops and the ``BiasHook``; each test runs on the
+(``row_mask``, ``add_bias``), the ``torch.library`` ops and the ``BiasHook``; each test runs on the
 Triton kernels (interpreter on CPU) and on the torch path through the ``backend`` fixture.
 """
 
@@ -324,10 +324,10 @@ def test_bias_hook_empty_batch(backend, kind, prune_bias):
 
 
 def bias_entry(entry, hook, lin, out, bias, mask, prune_bias):
-    """A call of ``entry`` (our hook, ``bias_hook``, the op) adding ``bias`` to a copy of ``out``."""
+    """A call of ``entry`` (our hook, ``add_bias``, the op) adding ``bias`` to a copy of ``out``."""
     return {
         "hook": lambda: hook(lin, None, out.clone()),
-        "functional": lambda: sp.bias_hook(out.clone(), bias, mask, 1, prune_bias),
+        "functional": lambda: sp.add_bias(out.clone(), bias, mask, 1, prune_bias),
         "op": lambda: ops.bias_add(out, bias, mask, 1, prune_bias),
     }[entry]
 
@@ -377,7 +377,7 @@ def test_bias_hook_mask_none(backend, prune_bias):
     with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
         hook(lin, None, out.clone())
     with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
-        sp.bias_hook(out.clone(), lin._bias, None, 1, prune_bias)
+        sp.add_bias(out.clone(), lin._bias, None, 1, prune_bias)
 
 
 @pytest.mark.parametrize("prune_bias", [True, False])
@@ -408,7 +408,7 @@ def test_bias_hook_meta_device(backend, prune_bias, where):
     with pytest.raises(RuntimeError, match="is on meta"):
         hook(lin, None, out.clone())
     with pytest.raises(RuntimeError, match="is on meta"):
-        sp.bias_hook(out.clone(), bias, mask, 1, prune_bias)
+        sp.add_bias(out.clone(), bias, mask, 1, prune_bias)
 
 
 @pytest.mark.parametrize("prune_bias", [True, False])
