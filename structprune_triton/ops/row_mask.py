@@ -63,16 +63,16 @@ def torch_row_mask(x: Tensor, mask: Tensor, plan: Plan) -> Tensor:
     a mask that is differentiated (it requires grad, or a transform runs), dead rows that pass
     ``grad * x`` (or ``tangent * x``) to the mask, as upstream, and nothing to ``x``."""
     s = plan.settings
-    m = along_dim(mask, x.dim())
-    if not s.exact_zeros:
-        return m * x
-    if mask.dtype == torch.bool:
+    if mask.dtype == torch.bool and s.exact_zeros:
         if x.is_cpu and x.dtype in _SAME_WIDTH_INT and not plan.transform:  # the bits carry no tangent
             if not (x.requires_grad and torch.is_grad_enabled()):
                 return _zero_dead_bits(x, mask)
             if x.numel() >= s.bits_min_numel_grad:  # below, the Function's Python cost outweighs `where`
                 return _BitsRowMask.apply(x, mask)
-        return torch.where(m, x, False if x.dtype == torch.bool else 0)
+        return torch.where(along_dim(mask, x.dim()), x, False if x.dtype == torch.bool else 0)
+    m = along_dim(mask, x.dim())
+    if not s.exact_zeros:
+        return m * x
     live = m != 0
     if mask.requires_grad or plan.transform:
         return torch.where(live, m * x, m * x.detach())
