@@ -96,23 +96,34 @@ def transformed() -> bool:
     )
 
 
+def _writable(t: Tensor) -> bool:
+    """Does torch let an in-place op write ``t`` with no rule to check: not a leaf, nor a view, that
+    requires grad with grad enabled (torch forbids the first and has rules for views: let it
+    judge), not an inference tensor outside inference mode. The kernel writes through a pointer,
+    which torch cannot check."""
+    if t.requires_grad and torch.is_grad_enabled() and (t.is_leaf or t._is_view()):
+        return False
+    return not t.is_inference() or torch.is_inference_mode_enabled()
+
+
 def route(
     t: Tensor,
     dtypes: tuple[torch.dtype, ...],
     s: Settings,
     *,
-    dense_only: bool = False,
+    in_place: bool = False,
 ) -> Plan:
     """The plan for one call on tensor ``t`` (the weight, or the module output) with these dtypes
-    (inputs and result), under ``s``. ``dense_only``: the op's kernel takes only dense layouts of
-    ``t`` (it writes ``t`` in place)."""
+    (inputs and result), under ``s``. ``in_place``: the op's kernel writes ``t`` in place, so it
+    takes only a dense ``t`` that torch lets an in-place op write (the torch formula raises
+    torch's error for the others)."""
     compiled = torch.compiler.is_compiling()
     transform = not compiled and transformed()
     kernels = (
         not transform
         and kernels_serve(t, s)
         and all(d in KERNEL_DTYPES for d in dtypes)
-        and (not dense_only or is_dense(t))
+        and (not in_place or (is_dense(t) and _writable(t)))
     )
     if not kernels:
         return Plan(Impl.TORCH, s, transform, compiled)

@@ -59,7 +59,7 @@ def test_routes():
     # dtypes the kernels do not take, and a layout the in-place kernel does not take
     assert _route(x.to(torch.int32), mask, Settings()).impl is Impl.TORCH
     sliced = torch.randn(4, 6)[:, ::2]
-    assert _route(sliced, mask, Settings(), dense_only=True).impl is Impl.TORCH
+    assert _route(sliced, mask, Settings(), in_place=True).impl is Impl.TORCH
     assert _route(sliced, mask, Settings()).impl is plan.impl  # the row mask copies it
 
 

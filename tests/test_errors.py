@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 import structprune_triton as sp
 from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
-from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same
+from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same, random_mask
 
 ops = torch.ops.structprune_triton
 
@@ -481,3 +481,35 @@ def test_linear_bias_along_last_dim_for_btc_input(backend, prune_bias, T):
     torch.testing.assert_close(ours(x1)[mask], pruned_reference(base, mask)(x1), rtol=1e-12, atol=1e-12)
     with pytest.raises(IndexError):
         ups(x1)
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+@pytest.mark.parametrize("case", ["leaf", "leaf_view", "inference"])
+def test_bias_hook_in_place_rules_as_upstream(backend, case, prune_bias):
+    """The hook adds in place, so torch's in-place rules hold on every path, as for upstream's
+    ``output += bias``: a leaf that requires grad (or a view of one), or an inference tensor
+    outside inference mode, cannot be written (RuntimeError); under no_grad a leaf can."""
+    lin = nn.Linear(4, 5).to(DEVICE)
+    mask = random_mask(5)
+    ours = BiasHook(FakeStructuredSparsity(mask), prune_bias)
+    ref = UpstreamBiasHook(UpstreamFSS(mask.clone()), prune_bias)
+    lin._bias = nn.Parameter(torch.randn(5, device=DEVICE))
+    if case == "leaf":
+        make = lambda: torch.randn(3, 5, device=DEVICE, requires_grad=True)  # noqa: E731
+    elif case == "leaf_view":
+        make = lambda: torch.randn(4, 5, device=DEVICE, requires_grad=True)[1:]  # noqa: E731
+    else:
+
+        def make():
+            with torch.inference_mode():
+                return torch.randn(3, 5, device=DEVICE)
+
+    for hook in (ref, ours):
+        out = make()
+        with pytest.raises(RuntimeError, match="(?i)in-place|inplace"):
+            hook(lin, None, out)
+    if case == "leaf":
+        with torch.no_grad():
+            out = make()
+            before = out.detach().clone()
+            assert ours(lin, None, out) is out and not torch.equal(out, before)

@@ -32,7 +32,7 @@ def add_bias(
     check_bias(output, bias, mask, dim)
     dim = dim % output.dim()
     s = settings or current_settings()
-    plan = route(output, (output.dtype, bias.dtype), s, dense_only=True)
+    plan = route(output, (output.dtype, bias.dtype), s, in_place=True)
     if plan.impl is Impl.KERNEL:
         data = bias.data  # as upstream: no autograd, no version bump on the parameter
         _launch(output, data, mask, output, dim, prune_bias, data, s)
