@@ -146,7 +146,12 @@ _thread_block = _ThreadBlock()
 
 def current_settings() -> Settings:
     """The settings an op uses when it is given none (see the module docstring)."""
-    block = _thread_block.settings if torch.compiler.is_compiling() else _block.get()
+    return settings_in_force(torch.compiler.is_compiling())
+
+
+def settings_in_force(compiling: bool) -> Settings:
+    """:func:`current_settings`, for a caller that already knows whether Dynamo is tracing."""
+    block = _thread_block.settings if compiling else _block.get()
     return _default if block is None else block
 
 

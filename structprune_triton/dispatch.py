@@ -19,7 +19,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch import Tensor
 
-from .config import HAS_TRITON, INTERPRET, Settings, current_settings
+from .config import HAS_TRITON, INTERPRET, Settings, current_settings, settings_in_force
 from .layout import is_dense
 
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -45,9 +45,9 @@ class Plan(NamedTuple):
 _NEEDS_INTERPRETER = "backend 'triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton is imported"
 
 
-def _device_has_kernels(cuda: bool, cpu: bool) -> bool:
-    """Can a Triton kernel run on this device at all (a fact of the machine, not a setting)."""
-    return HAS_TRITON and (cuda or (cpu and INTERPRET))
+# Where a Triton kernel can run at all: facts of the machine, not settings.
+_KERNELS_ON_CUDA = HAS_TRITON
+_KERNELS_ON_CPU = HAS_TRITON and INTERPRET
 
 
 def kernels_serve(where: Tensor | torch.device | str, s: Settings | None = None) -> bool:
@@ -60,18 +60,19 @@ def kernels_serve(where: Tensor | torch.device | str, s: Settings | None = None)
     interpreter is for testing the kernels, so no threshold there). ``backend="triton"`` on a CPU
     without the interpreter is an error."""
     s = s or current_settings()
-    if isinstance(where, Tensor):
-        cuda, cpu, numel = where.is_cuda, where.is_cpu, where.numel()
-    else:
-        kind = torch.device(where).type
-        cuda, cpu, numel = kind == "cuda", kind == "cpu", None
     if s.backend == "torch":
         return False
-    if not _device_has_kernels(cuda, cpu):
+    tensor = isinstance(where, Tensor)
+    if tensor:
+        cuda, cpu = where.is_cuda, where.is_cpu
+    else:
+        kind = torch.device(where).type
+        cuda, cpu = kind == "cuda", kind == "cpu"
+    if not ((cuda and _KERNELS_ON_CUDA) or (cpu and _KERNELS_ON_CPU)):
         if s.backend == "triton" and cpu:
             raise RuntimeError(_NEEDS_INTERPRETER)
         return False
-    return not (cuda and s.backend == "auto" and numel is not None and numel < s.triton_min_numel)
+    return not (cuda and tensor and s.backend == "auto" and where.numel() < s.triton_min_numel)
 
 
 def kernels_run_on(device: torch.device | str, s: Settings | None = None) -> bool:
@@ -82,18 +83,20 @@ def kernels_run_on(device: torch.device | str, s: Settings | None = None) -> boo
 def kernels_can_run(t: Tensor, dtypes: tuple[torch.dtype, ...]) -> bool:
     """Whatever the settings: can a kernel compute on ``t``'s device with these dtypes? The custom
     ops ask this: they also serve direct calls and ``opcheck`` on devices without kernels."""
-    return _device_has_kernels(t.is_cuda, t.is_cpu) and all(d in KERNEL_DTYPES for d in dtypes)
+    on_device = (t.is_cuda and _KERNELS_ON_CUDA) or (t.is_cpu and _KERNELS_ON_CPU)
+    return on_device and all(d in KERNEL_DTYPES for d in dtypes)
 
 
 def transformed() -> bool:
     """True under ``torch.jit.trace``, forward-mode AD or a ``torch.func`` transform: only plain
     differentiable torch ops are right there (a kernel launch is not traceable, and carries no
     tangent or batch rule)."""
-    return (
-        torch._C._get_tracing_state() is not None
-        or forward_ad._current_level >= 0
-        or torch._C._functorch.maybe_current_level() is not None
-    )
+    return _tracing_state() is not None or forward_ad._current_level >= 0 or _functorch_level() is not None
+
+
+# bound once: transformed() runs on every eager call
+_tracing_state = torch._C._get_tracing_state
+_functorch_level = torch._C._functorch.maybe_current_level
 
 
 def _writable(t: Tensor) -> bool:
@@ -109,25 +112,39 @@ def _writable(t: Tensor) -> bool:
 def route(
     t: Tensor,
     dtypes: tuple[torch.dtype, ...],
-    s: Settings,
+    s: Settings | None,
     *,
     in_place: bool = False,
 ) -> Plan:
     """The plan for one call on tensor ``t`` (the weight, or the module output) with these dtypes
-    (inputs and result), under ``s``. ``in_place``: the op's kernel writes ``t`` in place, so it
-    takes only a dense ``t`` that torch lets an in-place op write (the torch formula raises
-    torch's error for the others)."""
+    (inputs and result), under ``s`` (the call's ``settings=``; None: the current settings).
+    ``in_place``: the op's kernel writes ``t`` in place, so it takes only a dense ``t`` that torch
+    lets an in-place op write (the torch formula raises torch's error for the others)."""
     compiled = torch.compiler.is_compiling()
+    if s is None:
+        s = settings_in_force(compiled)
     transform = not compiled and transformed()
     kernels = (
         not transform
         and kernels_serve(t, s)
         and all(d in KERNEL_DTYPES for d in dtypes)
-        and (not in_place or (is_dense(t) and _writable(t)))
+        # a compiled graph runs the functional op: nothing writes t through a pointer there
+        and (not in_place or (is_dense(t) and (compiled or _writable(t))))
     )
-    if not kernels:
-        return Plan(Impl.TORCH, s, transform, compiled)
-    return Plan(Impl.OP if compiled else Impl.KERNEL, s, transform, compiled)
+    if compiled:
+        return Plan(Impl.OP if kernels else Impl.TORCH, s, False, True)
+    plans = _eager_plans.get(id(s))
+    if plans is None or plans[0].settings is not s:
+        if len(_eager_plans) >= 64:  # per-call Settings objects: keep the cache small
+            _eager_plans.clear()
+        plans = _eager_plans[id(s)] = tuple(Plan(impl, s, t, False) for impl, t in _EAGER)
+    return plans[1 if kernels else 2 if transform else 0]
+
+
+# The eager plans of one Settings object, made once (a plan costs about as much as the rest of the
+# decision): its entry holds the Settings, so its id stays that object's while cached.
+_EAGER = ((Impl.TORCH, False), (Impl.KERNEL, False), (Impl.TORCH, True))
+_eager_plans: dict[int, tuple[Plan, ...]] = {}
 
 
 def describe_backend(device: torch.device | str, s: Settings | None = None) -> str:

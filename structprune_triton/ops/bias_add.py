@@ -31,8 +31,8 @@ def add_bias(
     """What ``BiasHook`` does to a module output (see the module docstring); returns the result."""
     check_bias(output, bias, mask, dim)
     dim = dim % output.dim()
-    s = settings or current_settings()
-    plan = route(output, (output.dtype, bias.dtype), s, in_place=True)
+    plan = route(output, (output.dtype, bias.dtype), settings, in_place=True)
+    s = plan.settings
     if plan.impl is Impl.KERNEL:
         data = bias.data  # as upstream: no autograd, no version bump on the parameter
         _launch(output, data, mask, output, dim, prune_bias, data, s)

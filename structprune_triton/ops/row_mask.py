@@ -31,10 +31,10 @@ def row_mask(x: Tensor, mask: Tensor, *, settings: Settings | None = None) -> Te
     """``mask[r] * x[r]`` over dim 0, differentiable (see the module docstring). Validates first,
     with upstream's exception types (``validate.py``)."""
     check_mask(x, mask, 0)
-    s = settings or current_settings()
     # == result_type for two tensors of rank >= 1; a bool mask never promotes
     out_dtype = x.dtype if mask.dtype == torch.bool else torch.promote_types(mask.dtype, x.dtype)
-    plan = route(x, (x.dtype, out_dtype), s)
+    plan = route(x, (x.dtype, out_dtype), settings)
+    s = plan.settings
     if plan.impl is Impl.KERNEL:
         if torch.is_grad_enabled() and (x.requires_grad or mask.requires_grad):
             return _KernelRowMask.apply(x, mask, plan)
