@@ -15,14 +15,16 @@ Where the settings of a call come from, innermost first:
     interpreter.
 
 A block copies the settings in force when it opens: a later :func:`configure` changes what threads
-and tasks see outside their blocks, not an open block.
+and tasks see outside their blocks, not an open block. A thread starts outside any block (unless
+Python gives it a copy of its starter's context, as 3.14's ``thread_inherit_context`` does); an
+asyncio task starts inside the blocks open where it was created.
 
 Compiled code reads the settings while Dynamo traces it and guards on them (a graph traced under
 other settings is traced again, not reused). Dynamo cannot trace a ``contextvars.ContextVar``, so
 compiled code reads a per-thread copy of the innermost block, updated whenever a block opens or
 closes. The one difference that leaves: asyncio tasks that interleave inside their own open blocks
-in one thread each see their own settings in eager calls, but a function compiled (traced) while
-they interleave sees the block the thread opened or closed last.
+in one thread each see their own settings in eager calls, but a compiled function called while
+they interleave runs under the block that thread opened or closed last.
 """
 
 from __future__ import annotations
@@ -59,7 +61,9 @@ class Settings:
     ``backend``: ``"auto"`` runs the Triton kernels on CUDA tensors of at least
     ``triton_min_numel`` elements and on CPU tensors under ``TRITON_INTERPRET=1``, the torch path
     elsewhere; ``"triton"`` always the kernels (CPU tensors need the interpreter); ``"torch"``
-    always the torch path. Eager calls and compiled graphs take the same path for the same tensor
+    always the torch path. The kernels take float16, bfloat16, float32 and float64 tensors; other
+    dtypes, and calls under ``torch.jit.trace``, forward AD or ``torch.func``, run the torch path
+    whatever the backend. Eager calls and compiled graphs take the same path for the same tensors
     and settings (a compiled graph records the kernel as a custom op, the torch path as torch ops).
 
     ``exact_zeros``: on the torch path, rows whose mask is 0 come out exactly +0.0 even where the
@@ -138,7 +142,9 @@ class _ThreadBlock(threading.local):
     ``ContextVar.get``. (Set in ``__init__``: Dynamo does not guard a class-level default.)"""
 
     def __init__(self) -> None:
-        self.settings: Settings | None = None
+        # runs in each thread on its first use: a thread that inherits its starter's context
+        # (Python 3.14's thread_inherit_context) starts inside the inherited block
+        self.settings: Settings | None = _block.get()
 
 
 _thread_block = _ThreadBlock()
