@@ -247,11 +247,9 @@ def test_bias_hook_without_bias_is_identity(backend):
 
 def test_bias_hook_eager_is_in_place_like_upstream(backend):
     """Upstream mutates the output in place and returns it; so do we (eager)."""
-    lin = prepare_module(
-        nn.Linear(4, 6).to(DEVICE),
-        random_mask(6),
-        prune_bias=True,
-    )
+    mask = random_mask(6)
+    mask[0] = True  # a live row, so that the add changes the output
+    lin = prepare_module(nn.Linear(4, 6).to(DEVICE), mask, prune_bias=True)
     out = torch.randn(3, 6, device=DEVICE)
     before = out.clone()
     ret = BiasHook(lin.parametrizations.weight[0], True)(lin, None, out)
