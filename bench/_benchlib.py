@@ -141,11 +141,9 @@ def randn(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
 
 
 def ours_path(t: torch.Tensor, compiled: bool) -> str:
-    """Which implementation serves ``t``: "kernels" (Triton) or "torch" (this package's torch path)."""
-    if not structprune_triton.kernels_run_on(t.device):
-        return "torch"
-    small = t.numel() < structprune_triton.current_settings().triton_min_numel
-    return "torch" if (t.is_cuda and small and not compiled) else "kernels"
+    """Which implementation serves ``t``: "kernels" (Triton) or "torch" (this package's torch path);
+    the package's own rule, the same eager and compiled."""
+    return "kernels" if structprune_triton.kernels_serve(t) else "torch"
 
 
 def nbytes(t: torch.Tensor) -> int:

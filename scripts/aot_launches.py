@@ -21,6 +21,9 @@ LINEAR_WEIGHTS = [(16384, 4096), (4096, 4096), (1024, 1000), (256, 128), (50257,
 CONV_WEIGHTS = [(1024, 1024, 3, 3), (256, 256, 3, 3), (120, 120, 3, 3), (64, 3, 7, 7)]
 LINEAR_OUTPUTS = [(8192, 4096), (8192, 1000), (4096, 50257)]
 CONV_OUTPUTS = [((64, 256, 56, 56), False), ((64, 256, 56, 56), True), ((64, 120, 28, 28), True)]
+# 2**31 elements: the weight of a 256k-vocabulary LM head of width 8192, and its output for 8192 tokens
+HUGE_WEIGHT = (262144, 8192)
+HUGE_OUTPUT = (8192, 262144)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ def cases(compact: bool = False) -> list[Case]:
         out.append(Case(op, s, dt, m, cl))
     for (s, cl), dt, m, pb, v in itertools.product(outputs, dtypes, masks, (True, False), ("eager", "compiled")):
         out.append(Case("hook", s, dt, m, cl, pb, v))
+    # past 2**31 elements (64-bit offsets): bf16, as such a model is trained
+    out += [Case(op, HUGE_WEIGHT, torch.bfloat16, torch.bool) for op in ("fwd", "bwd")]
+    out.append(Case("hook", HUGE_OUTPUT, torch.bfloat16, torch.bool))
     # fp64: compiled only (the speed rules are for the dtypes that matter on a GPU)
     out += [
         Case("fwd", (256, 128), torch.float64, torch.bool),

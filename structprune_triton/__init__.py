@@ -6,8 +6,8 @@ with Triton kernels behind the same interface. Change one import:
 
 from . import ops  # noqa: F401  (registers torch.ops.structprune_triton.*)
 from .config import Settings, configure, current_settings, settings, use_backend
-from .dispatch import describe_backend, kernels_run_on
-from .ops.bias_add import bias_hook
+from .dispatch import describe_backend, kernels_run_on, kernels_serve
+from .ops.bias_add import add_bias
 from .ops.row_mask import row_mask
 from .parametrization import BiasHook, FakeStructuredSparsity, module_contains_param
 from .pruner import accelerate, prepare_module
@@ -20,7 +20,7 @@ __all__ = [
     "BiasHook",
     "module_contains_param",
     "row_mask",
-    "bias_hook",
+    "add_bias",
     "accelerate",
     "prepare_module",
     "skip_masked_rows",
@@ -32,4 +32,5 @@ __all__ = [
     "current_settings",
     "describe_backend",
     "kernels_run_on",
+    "kernels_serve",
 ]

@@ -5,7 +5,8 @@ from its data pointer: ``c`` is always the contiguous dimension, one program han
 ``BLOCK_R x BLOCK_C`` tile of one ``o``. The masked dimension (dim 0 of a weight, the channel
 dimension of an activation) is ``r``, or ``c`` when ``MASKED_C`` (it is laid out innermost: a
 Linear output, a channels_last activation). Any dense layout has this form, so no index arithmetic
-is needed per element; ``launch.geometry`` chooses the dims. Offsets are int64.
+is needed per element; ``launch.geometry`` chooses the dims. Offsets and the row length are
+computed in int64 (the arguments arrive as int32 where they fit), so no size overflows.
 
 Vector width: ``C``, ``s_o`` and ``s_r`` arrive divided by the constexpr ``VEC`` (which the
 launcher checked divides them) and are multiplied back here, so the compiler knows every row
@@ -27,7 +28,7 @@ def _tile(pid, R, C_vec, s_o_vec, s_r_vec, VEC: tl.constexpr, BLOCK_R: tl.conste
     """Rows, columns, element offsets, in-bounds mask and block indices of program ``pid``'s tile
     (``pid`` runs over c-blocks fastest), and the row length ``C``."""
     pid = pid.to(tl.int64)
-    C = C_vec * VEC
+    C = tl.cast(C_vec, tl.int64) * VEC  # 64-bit: C_vec may be an int32 argument, C past 2**31
     n_c = tl.cdiv(C, BLOCK_C)
     n_r = tl.cdiv(R, BLOCK_R)
     c_blk = pid % n_c

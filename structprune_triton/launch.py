@@ -16,7 +16,6 @@ import triton.language as tl
 from torch import Tensor
 
 from .config import Settings
-from .layout import is_dense
 
 
 def _pow2(n: int) -> int:
@@ -37,13 +36,12 @@ def _elements_per_thread(vec: int) -> int:
     return max(4 * vec, 8)
 
 
-def vector_width(itemsize: int, numel: int, *extents: int) -> int:
+def vector_width(itemsize: int, *extents: int) -> int:
     """Elements per access: as many as fit ``ACCESS_BYTES`` of the widest tensor (``itemsize``
     bytes an element), halved until it divides every one of ``extents`` (the row length and the
-    strides the kernel multiplies by it). 1 past 2**31 elements (the kernel multiplies int32
-    arguments by it)."""
+    strides the kernel multiplies by it; it does so in 64-bit arithmetic, so any size keeps it)."""
     vec = max(1, ACCESS_BYTES // itemsize)
-    while vec > 1 and (numel >= 2**31 or any(e % vec for e in extents)):
+    while vec > 1 and any(e % vec for e in extents):
         vec //= 2
     return vec
 
@@ -112,10 +110,9 @@ def dense_3d(t: Tensor, dim: int) -> tuple[int, int, int]:
     ``t`` sits at offset ``a*R*B + r*B + b`` from its data pointer.
 
     ``B`` is the product of the sizes of the dims laid out inside ``dim`` (its stride), ``A`` the
-    product of those outside it. A size-1 ``dim`` is seen as ``(1, 1, numel)``.
+    product of those outside it. A size-1 ``dim`` is seen as ``(1, 1, numel)``. ``t`` must be dense
+    (``layout.is_dense``: the ops make sure of that before they plan a launch).
     """
-    if not is_dense(t):
-        raise ValueError("dense_3d needs a non-overlapping, dense tensor")
     n = t.numel()
     R = t.shape[dim]
     if R <= 1 or n == 0:
@@ -147,7 +144,7 @@ def geometry(t: Tensor, dim: int, s: Settings, *, itemsize: int) -> tuple[tuple,
         rows, C, s_o, s_r, outer = A, R, 0, R, 1
     else:
         rows, C, s_o, s_r, outer = R, B, R * B, B, A
-    vec = vector_width(itemsize, t.numel(), C, s_r, s_o)
+    vec = vector_width(itemsize, C, s_r, s_o)
     full = masked_c and _pow2(C) < 32 * vec
     if masked_c and not interpreter:
         block_r, block_c, warps, full = masked_inner_tiles(rows, C, s, vec)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 
-def row_view(v: Tensor, ndim: int, dim: int = 0) -> Tensor:
+def along_dim(v: Tensor, ndim: int, dim: int = 0) -> Tensor:
     """``v`` (1-D) reshaped to broadcast along ``dim`` of an ``ndim``-D tensor."""
     shape = [1] * ndim
     shape[dim] = -1

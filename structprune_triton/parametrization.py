@@ -21,7 +21,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.ao.pruning._experimental.pruner import parametrization as _upstream
 
-from .ops.bias_add import bias_hook
+from .ops.bias_add import add_bias
 from .ops.row_mask import row_mask
 
 __all__ = ["FakeStructuredSparsity", "BiasHook", "module_contains_param"]
@@ -63,4 +63,4 @@ class BiasHook(_upstream.BiasHook):
         bias = getattr(module, "_bias", None)
         if bias is None:
             return output
-        return bias_hook(output, bias, self.param.mask, bias_dim(module, output), self.prune_bias)
+        return add_bias(output, bias, self.param.mask, bias_dim(module, output), self.prune_bias)

@@ -47,22 +47,23 @@ def check_mask(x: Tensor, mask: Tensor, dim: int) -> None:
         raise RuntimeError(f"mask is on {mask.device} but the tensor it masks is on {x.device}; move the mask")
 
 
-def check_bias(out: Tensor, bias: Tensor, mask: Tensor, dim: int) -> None:
-    """``bias`` (1-D, one entry per channel of ``out`` along ``dim``) and ``mask`` must agree."""
-    if out.dim() == 0 or not -out.dim() <= dim < out.dim():
-        raise IndexError(f"bias dim {dim} is out of range for an output of shape {tuple(out.shape)}")
-    if bias.dim() != 1 or bias.shape[0] != out.shape[dim]:
+def check_bias(src: Tensor, bias: Tensor, mask: Tensor, dim: int) -> None:
+    """``bias`` (1-D, one entry per channel of ``src`` along ``dim``: the module output it is added
+    to) and ``mask`` must agree."""
+    if src.dim() == 0 or not -src.dim() <= dim < src.dim():
+        raise IndexError(f"bias dim {dim} is out of range for an output of shape {tuple(src.shape)}")
+    if bias.dim() != 1 or bias.shape[0] != src.shape[dim]:
         raise RuntimeError(
             f"bias of shape {tuple(bias.shape)} cannot be added along dim {dim} "
-            f"of an output of shape {tuple(out.shape)}"
+            f"of an output of shape {tuple(src.shape)}"
         )
-    if _other_device(bias, out):
-        raise RuntimeError(f"bias is on {bias.device} but the output is on {out.device}")
+    if _other_device(bias, src):
+        raise RuntimeError(f"bias is on {bias.device} but the output is on {src.device}")
     if not isinstance(mask, Tensor):
         raise TypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dim() != 1 or mask.shape[0] != bias.shape[0]:
         raise IndexError(f"mask of shape {tuple(mask.shape)} does not match bias of shape {tuple(bias.shape)}")
-    if _other_device(mask, out):
-        raise RuntimeError(f"mask is on {mask.device} but the output is on {out.device}")
+    if _other_device(mask, src):
+        raise RuntimeError(f"mask is on {mask.device} but the output is on {src.device}")
     if mask.is_complex():
         raise TypeError(f"mask dtype {mask.dtype} is not supported")

@@ -27,28 +27,26 @@ def test_private_triton_apis_the_check_uses():
     assert (tools / "cuobjdump").exists() and (tools / "ptxas").exists()
 
 
-def test_one_launch_compiles_for_sm90_with_16_byte_accesses():
-    """A Linear weight of 1000 columns (a multiple of 8, not of 16), bf16: compiled by Triton's
-    NVIDIA backend without a GPU, its loads and stores are 16 bytes and predicated on the mask."""
+@pytest.mark.parametrize(
+    "label",
+    [
+        "fwd 1024x1000 bf16 m:bool",  # 1000 columns: a multiple of 8, not of 16
+        "fwd 262144x8192 bf16 m:bool",  # 2**31 elements: a 256k-vocabulary LM head of width 8192
+    ],
+)
+def test_one_launch_compiles_for_sm90_with_16_byte_accesses(label):
+    """A Linear weight, bf16: compiled by Triton's NVIDIA backend without a GPU, its loads and
+    stores are 16 bytes and predicated on the mask."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPTS / "aot_check.py"),
-            "--targets",
-            "90",
-            "--jobs",
-            "1",
-            "--only",
-            "fwd 1024x1000 bf16 m:bool",
-        ],
+        [sys.executable, str(SCRIPTS / "aot_check.py"), "--targets", "90", "--jobs", "1", "--only", label],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    row = next(line for line in run.stdout.splitlines() if line.startswith("fwd 1024x1000 bf16 m:bool"))
+    row = next(line for line in run.stdout.splitlines() if line.startswith(label))
     cells = row.split()
     assert cells[8:11] == ["16", "16", "yes"], row  # ld B, st B, skips
     assert "1 launches, 1 distinct specializations for sm_90; 0 launches break a rule" in run.stdout

@@ -5,6 +5,7 @@ On CPU the kernels run under the Triton interpreter inside opaque custom ops; co
 gradients are compared bitwise with eager (inductor keeps fp32 matmuls as extern calls and the
 pointwise ops we add are exact)."""
 
+import contextlib
 import copy
 
 import pytest
@@ -15,9 +16,12 @@ from torch._dynamo.backends.common import aot_autograd
 from torch.nn.utils import parametrize
 
 import structprune_triton
-from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
+from structprune_triton import BiasHook, FakeStructuredSparsity, Settings, add_bias, prepare_module, row_mask
+from structprune_triton import launch as launch_module
+from structprune_triton.ops import bias_add as bias_add_module
+from structprune_triton.ops import row_mask as row_mask_module
 
-from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS
+from .helpers import DEVICE, KERNELS, ON_GPU, UpstreamBiasHook, UpstreamFSS, random_mask
 
 
 def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True, seed=0):
@@ -25,7 +29,7 @@ def prepare(model, param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bi
     g = torch.Generator(device="cpu").manual_seed(seed)
     for m in model.modules():
         if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
-            mask = (torch.rand(m.weight.shape[0], generator=g) < 0.6).to(DEVICE)
+            mask = random_mask(m.weight.shape[0], density=0.6, generator=g)
             prepare_module(m, mask, prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls)
     return model
 
@@ -201,3 +205,123 @@ def test_gpu_inductor_modes(mode):
     for _ in range(3):  # reduce-overhead records its CUDA graph after warm-up runs
         got = run(compiled, x)
     assert_bitwise(got, run(model, x))
+
+
+# ---- compiled == eager for every Settings field, given per call or by a block ------------------------
+
+# For each field, settings under which it changes what runs or how (tiles, warps, poisoned outputs).
+# triton_min_numel only acts on CUDA tensors: here it checks that a huge threshold changes nothing
+# on CPU in either mode (test_dispatch checks the threshold itself in both modes).
+SETTINGS_CASES = {
+    "torch": dict(backend="torch"),
+    "torch-upstream-arithmetic": dict(backend="torch", exact_zeros=False),
+    "torch-bits": dict(backend="torch", bits_min_numel_grad=0),
+    "triton-min-numel": dict(triton_min_numel=1 << 40),
+    "triton-interpreter-tile": dict(backend="triton", interpreter_tile=8),
+    "triton-gpu-tiles": dict(backend="triton", gpu_tile=64, gpu_max_warps=1, gpu_min_block_b=8),
+    "triton-poison": dict(backend="triton", poison_outputs=True),
+}
+
+
+def test_settings_cases_cover_every_field():
+    changed = {field for case in SETTINGS_CASES.values() for field in case}
+    assert changed == set(Settings.__dataclass_fields__)
+
+
+@pytest.fixture
+def kernel_spy(monkeypatch):
+    """Records each kernel launch (kernel, tile, warps, vector width) and the poison flag of each
+    fresh kernel output."""
+    seen = {"launches": [], "poison": set()}
+    run = launch_module.Launch.run
+
+    def spy_run(self):
+        tile = tuple(self.kwargs[k] for k in ("BLOCK_R", "BLOCK_C", "num_warps", "VEC"))
+        seen["launches"].append((self.kernel.fn.__name__, tile))
+        run(self)
+
+    monkeypatch.setattr(launch_module.Launch, "run", spy_run)
+    for module in (row_mask_module, bias_add_module):
+        new_output = module.new_output
+
+        def spy_new_output(like, dtype, poison, new_output=new_output):
+            seen["poison"].add(poison)
+            return new_output(like, dtype, poison)
+
+        monkeypatch.setattr(module, "new_output", spy_new_output)
+    return seen
+
+
+def _settings_step(case: str, how: str, compile_backend: str | None, spy: dict):
+    """Row mask (forward and backward) of a weight with NaN and inf in dead rows, and a pruned
+    bias added to an output; eager, or compiled with ``compile_backend``."""
+    changes = SETTINGS_CASES[case]
+    s = Settings(**changes) if how == "call" else None
+    g = torch.Generator().manual_seed(0)
+    mask = random_mask(6, generator=g)
+    mask[:2] = torch.tensor([False, True])
+    bias_mask = random_mask(5, generator=g)
+    w = torch.randn(6, 5, generator=g).to(DEVICE)
+    w[0, 1], w[0, 3] = float("nan"), float("inf")  # a dead row
+    w.requires_grad_()
+    bias = torch.randn(5, generator=g).to(DEVICE)
+    out = torch.randn(3, 5, generator=g).to(DEVICE)
+    weights = torch.randn(6, 5, generator=g).to(DEVICE)
+
+    def fn(w, out, bias):
+        return row_mask(w, mask, settings=s), add_bias(out * 1, bias, bias_mask, 1, True, settings=s)
+
+    if compile_backend:
+        torch._dynamo.reset()
+        fn = torch.compile(fn, backend=compile_backend, fullgraph=True)
+    block = structprune_triton.settings(**changes) if how == "block" else contextlib.nullcontext()
+    spy["launches"].clear()
+    spy["poison"].clear()
+    with block:
+        y, z = fn(w, out, bias)
+        (y * weights).sum().backward()
+    return (y.detach(), w.grad, z.detach(), bias), sorted(spy["launches"]), set(spy["poison"])
+
+
+@pytest.mark.parametrize("how", ["call", "block"])
+@pytest.mark.parametrize("case", sorted(SETTINGS_CASES))
+def test_compiled_equals_eager_for_every_setting(kernel_spy, case, how):
+    """The same values and the same kernel launches (tiles, warps, poisoned outputs) eagerly and in
+    a compiled graph, for settings passed per call and set by a block."""
+    if SETTINGS_CASES[case].get("backend") == "triton" and not KERNELS:
+        pytest.skip("no Triton kernels on this machine")
+    eager, eager_launches, eager_poison = _settings_step(case, how, None, kernel_spy)
+    got, launches, poison = _settings_step(case, how, "aot_eager", kernel_spy)
+    for a, b in zip(got, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    # the bias kernel's launch differs only in whether it writes the bias back (eager, in place)
+    assert [t for _, t in launches] == [t for _, t in eager_launches]
+    assert poison == eager_poison
+    if SETTINGS_CASES[case].get("backend") == "torch":
+        assert not launches
+
+
+def test_compiled_upstream_arithmetic_under_inductor(kernel_spy):
+    """exact_zeros=False compiled by Inductor: NaN/inf of dead rows propagate as eagerly (and as
+    upstream's ``mask * weight``)."""
+    eager, _, _ = _settings_step("torch-upstream-arithmetic", "call", None, kernel_spy)
+    got, _, _ = _settings_step("torch-upstream-arithmetic", "call", "inductor", kernel_spy)
+    for a, b in zip(got, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert got[0][0, [1, 3]].isnan().all()  # NaN * 0 and inf * 0 in the dead row
+
+
+@pytest.mark.skipif(not KERNELS, reason="no Triton kernels on this machine")
+def test_a_compiled_graph_keeps_the_settings_it_was_traced_with(kernel_spy):
+    """Settings given to the call are part of the graph: a block around a later run does not
+    switch its kernel off."""
+    torch._dynamo.reset()
+    mask = random_mask(6, density=0.5)
+    fn = torch.compile(lambda w: row_mask(w, mask, settings=Settings(backend="triton")), backend="aot_eager")
+    w = torch.randn(6, 5, device=DEVICE)
+    fn(w)
+    kernel_spy["launches"].clear()
+    with structprune_triton.use_backend("torch"):
+        y = fn(w)
+    assert [k for k, _ in kernel_spy["launches"]] == ["row_mask_kernel"]
+    torch.testing.assert_close(y, torch.where(mask[:, None], w, 0), rtol=0, atol=0)

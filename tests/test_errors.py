@@ -4,7 +4,7 @@ upstream, with the type documented in ``structprune_triton/validate.py``; and th
 are not errors (NaN/inf weights, empty tensors, (B, T, C) inputs to ``nn.Linear``).
 
 Entry points: the parametrization module (``FakeStructuredSparsity``), the functional API
-(``row_mask``, ``bias_hook``), the ``torch.library`` ops and the ``BiasHook``; each test runs on the
+(``row_mask``, ``add_bias``), the ``torch.library`` ops and the ``BiasHook``; each test runs on the
 Triton kernels (interpreter on CPU) and on the torch path through the ``backend`` fixture.
 """
 
@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 import structprune_triton as sp
 from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
-from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same
+from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same, random_mask
 
 ops = torch.ops.structprune_triton
 
@@ -324,10 +324,10 @@ def test_bias_hook_empty_batch(backend, kind, prune_bias):
 
 
 def bias_entry(entry, hook, lin, out, bias, mask, prune_bias):
-    """A call of ``entry`` (our hook, ``bias_hook``, the op) adding ``bias`` to a copy of ``out``."""
+    """A call of ``entry`` (our hook, ``add_bias``, the op) adding ``bias`` to a copy of ``out``."""
     return {
         "hook": lambda: hook(lin, None, out.clone()),
-        "functional": lambda: sp.bias_hook(out.clone(), bias, mask, 1, prune_bias),
+        "functional": lambda: sp.add_bias(out.clone(), bias, mask, 1, prune_bias),
         "op": lambda: ops.bias_add(out, bias, mask, 1, prune_bias),
     }[entry]
 
@@ -377,7 +377,7 @@ def test_bias_hook_mask_none(backend, prune_bias):
     with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
         hook(lin, None, out.clone())
     with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
-        sp.bias_hook(out.clone(), lin._bias, None, 1, prune_bias)
+        sp.add_bias(out.clone(), lin._bias, None, 1, prune_bias)
 
 
 @pytest.mark.parametrize("prune_bias", [True, False])
@@ -408,7 +408,7 @@ def test_bias_hook_meta_device(backend, prune_bias, where):
     with pytest.raises(RuntimeError, match="is on meta"):
         hook(lin, None, out.clone())
     with pytest.raises(RuntimeError, match="is on meta"):
-        sp.bias_hook(out.clone(), bias, mask, 1, prune_bias)
+        sp.add_bias(out.clone(), bias, mask, 1, prune_bias)
 
 
 @pytest.mark.parametrize("prune_bias", [True, False])
@@ -481,3 +481,35 @@ def test_linear_bias_along_last_dim_for_btc_input(backend, prune_bias, T):
     torch.testing.assert_close(ours(x1)[mask], pruned_reference(base, mask)(x1), rtol=1e-12, atol=1e-12)
     with pytest.raises(IndexError):
         ups(x1)
+
+
+@pytest.mark.parametrize("prune_bias", [True, False])
+@pytest.mark.parametrize("case", ["leaf", "leaf_view", "inference"])
+def test_bias_hook_in_place_rules_as_upstream(backend, case, prune_bias):
+    """The hook adds in place, so torch's in-place rules hold on every path, as for upstream's
+    ``output += bias``: a leaf that requires grad (or a view of one), or an inference tensor
+    outside inference mode, cannot be written (RuntimeError); under no_grad a leaf can."""
+    lin = nn.Linear(4, 5).to(DEVICE)
+    mask = random_mask(5)
+    ours = BiasHook(FakeStructuredSparsity(mask), prune_bias)
+    ref = UpstreamBiasHook(UpstreamFSS(mask.clone()), prune_bias)
+    lin._bias = nn.Parameter(torch.randn(5, device=DEVICE))
+    if case == "leaf":
+        make = lambda: torch.randn(3, 5, device=DEVICE, requires_grad=True)  # noqa: E731
+    elif case == "leaf_view":
+        make = lambda: torch.randn(4, 5, device=DEVICE, requires_grad=True)[1:]  # noqa: E731
+    else:
+
+        def make():
+            with torch.inference_mode():
+                return torch.randn(3, 5, device=DEVICE)
+
+    for hook in (ref, ours):
+        out = make()
+        with pytest.raises(RuntimeError, match="(?i)in-place|inplace"):
+            hook(lin, None, out)
+    if case == "leaf":
+        with torch.no_grad():
+            out = make()
+            before = out.detach().clone()
+            assert ours(lin, None, out) is out and not torch.equal(out, before)

@@ -11,7 +11,7 @@ from torch import nn
 import structprune_triton
 from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
 
-from .helpers import ON_GPU, UpstreamBiasHook, UpstreamFSS
+from .helpers import ON_GPU, UpstreamBiasHook, UpstreamFSS, random_mask
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")]
 
@@ -21,7 +21,7 @@ def mlp(param_cls=FakeStructuredSparsity, hook_cls=BiasHook, prune_bias=True):
     model = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 32)).cuda()
     g = torch.Generator().manual_seed(1)
     for m in (model[0], model[2]):
-        mask = (torch.rand(m.weight.shape[0], generator=g) < 0.5).cuda()
+        mask = random_mask(m.weight.shape[0], generator=g)
         prepare_module(m, mask, prune_bias=prune_bias, parametrization=param_cls, hook=hook_cls)
     return model
 
@@ -62,7 +62,7 @@ def test_upstream_hook_syncs_with_prune_bias():
 
 def test_non_default_stream(backend):
     """Our launches follow the current stream: a producer on a side stream is seen."""
-    mask = torch.rand(4096, device="cuda") < 0.5
+    mask = random_mask(4096)
     src = torch.randn(4096, 1024, device="cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -109,8 +109,8 @@ def test_cuda_graph_capture_and_mask_edits(backend):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_peak_memory_no_higher_than_upstream(backend, dtype):
-    """Issue 5: forward+backward of a parametrized Linear peaks no higher than upstream's."""
-    mask = torch.rand(4096, device="cuda") < 0.5
+    """Forward+backward of a parametrized Linear peaks no higher than upstream's."""
+    mask = random_mask(4096)
 
     def build(param_cls, hook_cls):
         torch.manual_seed(0)
@@ -140,7 +140,7 @@ def test_layer_on_second_gpu_while_first_is_current(backend):
     """Triton launches on the *current* device: a layer on cuda:1 with cuda:0 current must still
     compute on cuda:1 (the launch's device guard), forward, backward and bias hook, as upstream."""
     torch.manual_seed(0)
-    ours = prepare_module(nn.Linear(256, 4096).to("cuda:1"), (torch.rand(4096) < 0.5).to("cuda:1"))
+    ours = prepare_module(nn.Linear(256, 4096).to("cuda:1"), random_mask(4096, device="cuda:1"))
     ref = copy.deepcopy(ours)
     ref_param = UpstreamFSS(ref.parametrizations.weight[0].mask)
     ref.parametrizations.weight[0] = ref_param
@@ -168,7 +168,7 @@ def test_device_guard_only_switches_for_another_device(monkeypatch):
     real = torch.cuda.device
     monkeypatch.setattr(launch.torch.cuda, "device", lambda d: entered.append(d) or real(d))
     x = torch.randn(2048, 1024, device="cuda", requires_grad=True)
-    mask = torch.rand(2048, device="cuda") < 0.5
+    mask = random_mask(2048)
     with structprune_triton.use_backend("triton"):
         FakeStructuredSparsity(mask)(x).sum().backward()
     torch.cuda.synchronize()

@@ -1,6 +1,6 @@
 """``torch.autograd.gradcheck`` (float64, finite differences against the analytical backward) for
 ``row_mask`` with bool, integer and soft float masks and for the differentiable part of
-``bias_hook`` (the gradient w.r.t. the module output), through the public functional API, through
+``add_bias`` (the gradient w.r.t. the module output), through the public functional API, through
 the modules (``FakeStructuredSparsity``, a parametrized ``nn.Linear`` with our ``BiasHook``), and
 through a ``torch.compile(backend="aot_eager", fullgraph=True)`` graph (the compiled path's
 ``autograd.Function`` calling the custom ops). Kernels and torch path via the ``backend`` fixture.
@@ -98,8 +98,8 @@ def test_row_mask_module(backend, mask_name):
 def test_bias_hook_functional(backend, prune_bias, shape, dim):
     bias = torch.randn(7, dtype=F64, device=DEVICE, requires_grad=True)
     mask = masks(7)["bool"]
-    # bias_hook writes into `output` (as upstream's hook): feed it a fresh non-leaf each call.
-    fn = lambda out: sp.bias_hook(out * 1, bias, mask, dim, prune_bias)  # noqa: E731
+    # add_bias writes into `output` (as upstream's hook): feed it a fresh non-leaf each call.
+    fn = lambda out: sp.add_bias(out * 1, bias, mask, dim, prune_bias)  # noqa: E731
     assert gradcheck(fn, (leaf(*shape),), fast_mode=fast(backend))
     assert bias.grad is None  # the bias never gets a gradient, as upstream's hook
 
@@ -135,7 +135,7 @@ def test_compiled_row_mask_and_bias_hook(backend, mask_name):
     bias = torch.randn(7, dtype=F64, device=DEVICE)
 
     def fn(w, out):
-        return sp.row_mask(w, mask), sp.bias_hook(out * 1, bias, mask, 1, True)
+        return sp.row_mask(w, mask), sp.add_bias(out * 1, bias, mask, 1, True)
 
     compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
     w, out = leaf(7, 3), leaf(2, 7, seed=3)

@@ -237,13 +237,13 @@ def test_gpu_geometry_for_common_layers():
 def test_vector_width():
     from structprune_triton.launch import vector_width
 
-    assert vector_width(2, 100, 1000, 1000) == 8  # 16 bytes of bf16
-    assert vector_width(4, 100, 1000, 1000) == 4
-    assert vector_width(2, 100, 1004, 1004) == 4  # halved until it divides
-    assert vector_width(2, 100, 1000, 1000, 12) == 4  # every extent
-    assert vector_width(8, 100, 1000) == 2
-    assert vector_width(2, 100, 147) == 1
-    assert vector_width(2, 2**31, 1024) == 1  # int32 arguments times VEC must not overflow
+    assert vector_width(2, 1000, 1000) == 8  # 16 bytes of bf16
+    assert vector_width(4, 1000, 1000) == 4
+    assert vector_width(2, 1004, 1004) == 4  # halved until it divides
+    assert vector_width(2, 1000, 1000, 12) == 4  # every extent
+    assert vector_width(8, 1000) == 2
+    assert vector_width(2, 147) == 1
+    assert vector_width(2, 8192, 2**31) == 8  # the kernels multiply in 64 bits: no size limit
 
 
 @pytest.mark.parametrize(

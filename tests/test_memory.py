@@ -1,5 +1,5 @@
-"""Memory: what a training step keeps alive for backward is no more than upstream keeps (issue 5:
-no extra full-size temporaries). Counted on every backend with ``saved_tensors_hooks`` (the bytes
+"""Memory: what a training step keeps alive for backward is no more than upstream keeps (no extra
+full-size temporaries). Counted on every backend with ``saved_tensors_hooks`` (the bytes
 of the distinct storages autograd saves), compared with upstream's classes on the same layer.
 Peak device memory is checked on the GPU in ``test_gpu.py``."""
 

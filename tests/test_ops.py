@@ -1,10 +1,11 @@
 """The torch.library ops: ``opcheck`` (schema, fake impl, autograd registration, AOT dispatch)
-across dtypes, ranks and a permuted layout, and their values against upstream's arithmetic."""
+across dtypes, ranks and layouts, with and without launch settings, and their values against
+upstream's arithmetic."""
 
 import pytest
 import torch
 
-import structprune_triton  # noqa: F401  (registers the ops)
+from structprune_triton.config import current_settings, launch_values
 
 from .helpers import DEVICE, assert_kernel_equal, random_mask
 
@@ -26,8 +27,10 @@ IDS = ["fp32-2d", "bf16-4d", "fp16-uint8-1d", "fp64-3d-floatmask", "bf16-permute
 def test_opcheck_row_mask(backend, dtype, mask_dtype, make):
     x = make().to(dtype)
     mask = random_mask(x.shape[0], mask_dtype)
-    torch.library.opcheck(ops.row_mask.default, (x, mask))
-    torch.library.opcheck(ops.row_mask_backward.default, (x, mask, torch.float32))
+    launch = launch_values(current_settings())  # the fixture's settings (NaN-poisoned outputs)
+    torch.library.opcheck(ops.row_mask.default, (x, mask, launch))
+    torch.library.opcheck(ops.row_mask_backward.default, (x, mask, torch.float32, launch))
+    torch.library.opcheck(ops.row_mask.default, (x, mask))  # launch settings omitted: the defaults
 
 
 @pytest.mark.parametrize("dtype,mask_dtype,make", CASES, ids=IDS)
@@ -37,7 +40,8 @@ def test_opcheck_bias_add(backend, dtype, mask_dtype, make, prune_bias):
     dim = out.dim() - 1
     bias = torch.randn(out.shape[dim], device=DEVICE)
     mask = random_mask(out.shape[dim], mask_dtype)
-    torch.library.opcheck(ops.bias_add.default, (out, bias, mask, dim, prune_bias))
+    launch = launch_values(current_settings())
+    torch.library.opcheck(ops.bias_add.default, (out, bias, mask, dim, prune_bias, launch))
 
 
 @pytest.mark.parametrize("dtype,mask_dtype,make", CASES, ids=IDS)

@@ -1,6 +1,7 @@
 """Module layer: our FakeStructuredSparsity / BiasHook / module_contains_param against upstream's
 (the reference that defines correctness), on the kernel path and the torch path."""
 
+import contextlib
 import copy
 
 import pytest
@@ -8,11 +9,20 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from structprune_triton import BiasHook, FakeStructuredSparsity, module_contains_param, prepare_module
+from structprune_triton import (
+    BiasHook,
+    FakeStructuredSparsity,
+    Settings,
+    module_contains_param,
+    prepare_module,
+    row_mask,
+    settings,
+)
 
 from .helpers import (
     DEVICE,
     FLOAT_DTYPES,
+    KERNELS,
     MASK_DTYPES,
     UpstreamBiasHook,
     UpstreamFSS,
@@ -99,6 +109,49 @@ def test_masked_row_is_zero_even_for_nan_weight(backend):
     assert UpstreamFSS(mask)(x.detach())[1].isnan().all()  # upstream differs here
     y.backward(torch.ones_like(y))
     assert torch.equal(x.grad, mask[:, None].float().expand(4, 3))
+
+
+@pytest.mark.parametrize("mask_dtype", MASK_DTYPES)
+@pytest.mark.parametrize("how", ["call", "block"])
+def test_exact_zeros_false_is_upstreams_arithmetic(mask_dtype, how):
+    """``exact_zeros=False`` on the torch path: values and gradients are upstream's, NaN and inf
+    of dead rows included (and a float mask that learns gets upstream's gradient)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 4, generator=g).to(DEVICE)
+    mask = random_mask(6, mask_dtype, 0.5, generator=g)
+    mask[:2] = torch.tensor([0, 1])
+    x[0, 1], x[0, 2], x[1, 0] = float("nan"), float("inf"), float("-inf")  # a dead row, a live row
+    learn = mask_dtype.is_floating_point
+    grad = torch.randn(6, 4, generator=g).to(DEVICE)
+    results = []
+    for param_cls in (FakeStructuredSparsity, UpstreamFSS):
+        xi = x.clone().requires_grad_()
+        mi = mask.clone().requires_grad_(learn)
+        s = Settings(backend="torch", exact_zeros=False)
+        with contextlib.nullcontext() if how == "call" else settings(backend="torch", exact_zeros=False):
+            if param_cls is UpstreamFSS or how == "block":
+                y = param_cls(mi)(xi)
+            else:
+                y = row_mask(xi, mi, settings=s)
+        y.backward(grad.to(y.dtype))
+        results.append((y.detach(), xi.grad, mi.grad))
+    (y, gx, gm), (y_ref, gx_ref, gm_ref) = results
+    assert_same(y, y_ref)
+    assert y[0, 1].isnan() and y[0, 2].isnan()  # upstream: 0 * NaN and 0 * inf
+    assert_same(gx, gx_ref)
+    if learn:
+        assert_same(gm, gm_ref)
+
+
+def test_exact_zeros_false_leaves_the_kernels_exact():
+    """The kernels never read dead rows, whatever ``exact_zeros`` says."""
+    if not KERNELS:
+        pytest.skip("no Triton kernels on this machine")
+    x = torch.randn(4, 3, device=DEVICE)
+    x[1] = float("nan")
+    mask = torch.tensor([True, False, True, True], device=DEVICE)
+    y = row_mask(x, mask, settings=Settings(backend="triton", exact_zeros=False))
+    assert torch.equal(y[1], torch.zeros(3, device=DEVICE))
 
 
 def test_in_place_mask_edits_are_seen(backend):
@@ -194,11 +247,9 @@ def test_bias_hook_without_bias_is_identity(backend):
 
 def test_bias_hook_eager_is_in_place_like_upstream(backend):
     """Upstream mutates the output in place and returns it; so do we (eager)."""
-    lin = prepare_module(
-        nn.Linear(4, 6).to(DEVICE),
-        random_mask(6),
-        prune_bias=True,
-    )
+    mask = random_mask(6)
+    mask[0] = True  # a live row, so that the add changes the output
+    lin = prepare_module(nn.Linear(4, 6).to(DEVICE), mask, prune_bias=True)
     out = torch.randn(3, 6, device=DEVICE)
     before = out.clone()
     ret = BiasHook(lin.parametrizations.weight[0], True)(lin, None, out)

@@ -32,7 +32,7 @@ from torch.nn.utils import parametrize
 
 from structprune_triton import BiasHook, FakeStructuredSparsity
 
-from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same, bf16_ulp_close
+from .helpers import DEVICE, ON_GPU, UpstreamBiasHook, UpstreamFSS, assert_same, bf16_ulp_close, random_mask
 
 _THOROUGH = os.environ.get("HYPOTHESIS_PROFILE", "") in ("thorough", "nightly")
 MAX_EXAMPLES = int(os.environ.get("STRUCTPRUNE_HYPOTHESIS_EXAMPLES", "500" if _THOROUGH else "25"))
@@ -90,7 +90,7 @@ def cases(draw, max_rank: int = 4, min_rank: int = 1) -> Case:
 
 def make_mask(c: Case, n: int, gen: torch.Generator) -> torch.Tensor:
     """Live rows (about ``density``): 1 (binary), 1 or 2 (integer dtypes), or in [0.25, 2) (soft)."""
-    live = torch.rand(n, generator=gen) < c.density
+    live = random_mask(n, density=c.density, device="cpu", generator=gen)
     if c.soft:
         vals = torch.rand(n, generator=gen) * 1.75 + 0.25
     elif c.mask_dtype in (torch.uint8, torch.int64):

@@ -1,5 +1,5 @@
-"""Autograd edges against upstream's ``FakeStructuredSparsity`` / ``BiasHook`` (issue 14, items 1-5),
-on every backend (the Triton kernels, or the interpreter on CPU, and the torch path):
+"""Autograd edges against upstream's ``FakeStructuredSparsity`` / ``BiasHook``, on every backend
+(the Triton kernels, or the interpreter on CPU, and the torch path):
 
 1. learnable masks: a float mask with ``requires_grad=True`` gets upstream's gradient (the row sum
    of ``grad * weight``, dead rows included), also with a frozen weight, eager and compiled; the

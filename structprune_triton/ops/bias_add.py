@@ -6,8 +6,8 @@ through unchanged. In eager mode the output is updated in place and returned, as
 compiled graph that runs the kernel the op is functional (a new tensor), because an op that mutates
 its input cannot carry an autograd formula.
 
-In the order a call meets it: the entry point :func:`bias_hook` (validate, ``dispatch.route`` once,
-run that route), the torch path, the kernel launch, and the ``torch.library`` custom op.
+In the order a call meets it: the entry point :func:`add_bias` (validate, ``dispatch.route`` once,
+run the plan), the torch formula, the kernel launch, and the ``torch.library`` custom op.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..config import HAS_TRITON, Settings, current_settings
-from ..dispatch import Route, kernels_take, route
-from ..layout import is_dense, live_rows, new_output, row_view
+from ..config import HAS_TRITON, Settings, current_settings, launch_settings, launch_values
+from ..dispatch import Impl, Plan, kernels_can_run, route
+from ..layout import along_dim, is_dense, live_rows, new_output
 from ..validate import check_bias
 
 if HAS_TRITON:
@@ -25,15 +25,15 @@ if HAS_TRITON:
     from ..launch import Launch, compute_dtype, geometry
 
 
-def bias_hook(
+def add_bias(
     output: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, *, settings: Settings | None = None
 ) -> Tensor:
     """What ``BiasHook`` does to a module output (see the module docstring); returns the result."""
     check_bias(output, bias, mask, dim)
     dim = dim % output.dim()
-    s = settings or current_settings()
-    how = route(output, (output.dtype, bias.dtype), s, dense_only=True)
-    if how is Route.KERNEL:
+    plan = route(output, (output.dtype, bias.dtype), settings, in_place=True)
+    s = plan.settings
+    if plan.impl is Impl.KERNEL:
         data = bias.data  # as upstream: no autograd, no version bump on the parameter
         _launch(output, data, mask, output, dim, prune_bias, data, s)
         if output.requires_grad:
@@ -41,34 +41,35 @@ def bias_hook(
             # `output` for backward must see that it changed, as with upstream's `output += bias`.
             torch.autograd.graph.increment_version(output)
         return output
-    if how is Route.OP or (how is Route.NATIVE and torch.compiler.is_compiling()):
-        if prune_bias:
-            with torch.no_grad():  # the parameter itself (Dynamo has no .data)
-                _zero_dead_(bias, mask)
-        bias = bias.detach()
-        if how is Route.OP:
-            return torch.ops.structprune_triton.bias_add(output, bias, mask, dim, False)
-    else:
-        bias = bias.data
-        if prune_bias:
-            _zero_dead_(bias, mask)
+    bias = _pruned_parameter(bias, mask, prune_bias, plan)
+    if plan.impl is Impl.OP:
+        return torch.ops.structprune_triton.bias_add(output, bias, mask, dim, False, launch_values(s))
     # in place, as upstream; where `output` is a compiled graph's input, Inductor writes it in place
-    return output.add_(row_view(bias, output.dim(), dim))
+    return output.add_(along_dim(bias, output.dim(), dim))
 
 
-# ---- torch path -----------------------------------------------------------------------------------
+# ---- torch formula ----------------------------------------------------------------------------------
 
 
-def _zero_dead_(bias: Tensor, mask: Tensor) -> None:
-    """Set the entries of ``bias`` (not tracked by autograd) whose mask is 0 to zero, in place,
-    without a host sync."""
-    dead = ~live_rows(mask)
-    if bias.is_cpu and torch.compiler.is_compiling():
-        # an index_put, which Inductor's CPU code computes once; a masked_fill_ it inlines into the
-        # per-element add loop that follows (3x slower there). In eager mode masked_fill_ is cheaper.
-        bias[dead] = 0
-    else:  # no boolean indexing on CUDA: it would sync the host
-        bias.masked_fill_(dead, 0)
+def _pruned_parameter(bias: Tensor, mask: Tensor, prune_bias: bool, plan: Plan) -> Tensor:
+    """The bias to add, untracked by autograd; with ``prune_bias`` its entries whose mask is 0 are
+    first set to zero in the parameter itself, in place, without a host sync."""
+    if not plan.compiled:
+        data = bias.data  # as upstream: no autograd, no version bump on the parameter
+        if prune_bias:
+            data.masked_fill_(~live_rows(mask), 0)
+        return data
+    if prune_bias:
+        # Dynamo: the parameter under no_grad (a write through `.data` or `.detach()` breaks
+        # AOTAutograd's replay of input mutations when the output is a graph input)
+        with torch.no_grad():
+            if bias.is_cpu:
+                # an index_put, which Inductor's CPU code computes once; a masked_fill_ it inlines
+                # into the per-element add loop that follows (2-3x slower there)
+                bias[~live_rows(mask)] = 0
+            else:  # no boolean indexing on CUDA: it would sync the host
+                bias.masked_fill_(~live_rows(mask), 0)
+    return bias.detach()
 
 
 def _pruned(bias: Tensor, mask: Tensor) -> Tensor:
@@ -127,27 +128,33 @@ def _launch(
 
 
 @torch.library.custom_op("structprune_triton::bias_add", mutates_args=())
-def bias_add_op(src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+def bias_add_op(
+    src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, launch: list[int] | None = None
+) -> Tensor:
     """``src + bias'`` along ``dim`` (``bias'`` zero where ``mask == 0`` if ``prune_bias``), a new
-    tensor: neither ``src`` nor ``bias`` is written. The kernel where it runs, else torch."""
+    tensor: neither ``src`` nor ``bias`` is written. The kernel, with the launch settings the graph
+    recorded (``config.launch_values``; default: the defaults); the op also serves direct calls and
+    ``opcheck`` on any device, with the torch formula where no kernel can run."""
     check_bias(src, bias, mask, dim)
     dim = dim % src.dim()
-    s = current_settings()
+    if not kernels_can_run(src, (src.dtype, bias.dtype)):
+        b = _pruned(bias, mask) if prune_bias else bias
+        return torch.add(src, along_dim(b, src.dim(), dim), out=new_output(src, src.dtype, False))
+    s = launch_settings(launch)
     dst = new_output(src, src.dtype, s.poison_outputs)
-    if is_dense(src) and kernels_take(src, (src.dtype, bias.dtype), s, eager=False):
-        return _launch(src, bias, mask, dst, dim, prune_bias, None, s)
-    b = _pruned(bias, mask) if prune_bias else bias
-    return torch.add(src, row_view(b, src.dim(), dim), out=dst)
+    if not is_dense(src):  # the kernel needs one dense layout for both: add in place on a dense copy
+        src = dst.copy_(src)
+    return _launch(src, bias, mask, dst, dim, prune_bias, None, s)
 
 
 @bias_add_op.register_fake
-def _(src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool) -> Tensor:
+def _(src: Tensor, bias: Tensor, mask: Tensor, dim: int, prune_bias: bool, launch: list[int] | None = None) -> Tensor:
     check_bias(src, bias, mask, dim)
     return torch.empty_like(src)
 
 
 def _bias_add_backward(ctx, grad: Tensor):
-    return grad, None, None, None, None
+    return grad, None, None, None, None, None
 
 
 bias_add_op.register_autograd(_bias_add_backward)
