@@ -15,7 +15,7 @@ from ..graph.channels import InputChannels
 from ..graph.norm_mask import mask_of
 from ..ops.row_mask import row_mask
 from ..parametrization import FakeStructuredSparsity
-from .gather import gather, select
+from .gather import gather, place, select
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 _STALE_ROWS = (
@@ -281,11 +281,8 @@ class LiveRowsForward:
         y = F.linear(x, w, bias) if is_linear else module._conv_forward(x, w, bias)
         if rows is None:
             return y
-        shape = list(y.shape)
-        shape[channel_dim] = self.in_set.shape[0]
         fmt = fmt if y.dim() == 4 else torch.contiguous_format
-        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt).zero_()
-        return out.index_copy_(channel_dim, rows, y)
+        return place(y, channel_dim, rows, self.in_set.shape[0], fmt)
 
     def _check_zero_inputs(self, x: Tensor, channel_dim: int) -> None:
         """Device-side checks (no host sync, no grad-mode change) that the input channels skipped
