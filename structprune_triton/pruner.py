@@ -240,15 +240,21 @@ class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
         attach_norms(self.model, attached, stacklevel=2)
 
 
-def _forward_overrides(model: nn.Module) -> dict[nn.Module, set[int]]:
-    """The modules of ``model`` with an instance-level ``forward``, and the ids of their parameters."""
-    return {m: {id(p) for p in m.parameters()} for m in model.modules() if "forward" in m.__dict__}
+def _parameters_state(module: nn.Module) -> tuple[bool, set[int]]:
+    return parametrize.is_parametrized(module), {id(p) for p in module.parameters()}
 
 
-def _drop_stale_overrides(overridden: dict[nn.Module, set[int]]) -> None:
-    """Remove the instance-level ``forward`` of the modules whose parameters were replaced."""
-    for module, ids in overridden.items():
-        if {id(p) for p in module.parameters()} != ids:
+def _forward_overrides(model: nn.Module) -> dict[nn.Module, tuple[bool, set[int]]]:
+    """The modules of ``model`` with an instance-level ``forward``: parametrized or not, and the ids
+    of their parameters."""
+    return {m: _parameters_state(m) for m in model.modules() if "forward" in m.__dict__}
+
+
+def _drop_stale_overrides(overridden: dict[nn.Module, tuple[bool, set[int]]]) -> None:
+    """Remove the instance-level ``forward`` of the modules whose parameters were replaced or whose
+    parametrizations were removed."""
+    for module, state in overridden.items():
+        if _parameters_state(module) != state:
             module.__dict__.pop("forward", None)
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch._dynamo
 from torch import nn
 from torch.ao.pruning._experimental import pruner as up
 from torch.ao.pruning._experimental.pruner.parametrization import FakeStructuredSparsity as UpFSS
@@ -280,3 +281,27 @@ def test_step_bumps_mask_versions_and_the_pruner_does_not_import_skip() -> None:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert "skip" not in (node.module or "").split("."), (path.name, node.module)
+
+
+def test_prune_norm_with_copies_compile_and_squash() -> None:
+    """A deep copy's norms follow the copy's masks; ``torch.compile(fullgraph=True)`` of a skipping
+    ``prune_norm`` model equals eager; ``squash_mask`` keeps the masked norm values and leaves the
+    squashed layers plain."""
+    model, pruner, x = prepared("resnet")
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    copied = copy.deepcopy(model)
+    copied.b1.conv1.parametrizations.weight[0].mask.zero_()
+    assert (copied.b1.bn1.weight == 0).all() and (model.b1.bn1.weight != 0).any()
+    structprune_triton.skip_masked_rows(model, min_numel=0, max_density=1.0, row_multiple=8)
+    assert model.b1.conv2.forward.chain
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), y, **PRUNED)
+    pruner.squash_mask()
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    assert not any("forward" in model.get_submodule(f"b{i}.conv1").__dict__ for i in (1, 2))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y, **PRUNED)
