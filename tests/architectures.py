@@ -90,6 +90,21 @@ class LinearBN(nn.Module):
         return self.fc2(F.relu(self.bn(self.fc1(x))))
 
 
+class LinearBNLinear(nn.Module):
+    """Linear -> BatchNorm1d -> ReLU -> Linear (itself pruned) -> ReLU -> Linear: the middle layer
+    loses input columns to this package's pattern and rows to upstream's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(12, 32, bias=False)
+        self.bn = nn.BatchNorm1d(32)
+        self.fc2 = nn.Linear(32, 24)
+        self.fc3 = nn.Linear(24, 5)
+
+    def forward(self, x):
+        return self.fc3(F.relu(self.fc2(F.relu(self.bn(self.fc1(x))))))
+
+
 class ConvBNFlat(nn.Module):
     """Conv -> BN -> ReLU -> max-pool -> flatten -> Linear."""
 
@@ -133,5 +148,11 @@ MODELS = {
     "geglu": (lambda: GatedStack(act=F.gelu), (2, 5, 8), _layers("l0.gate", "l0.up", "l1.gate", "l1.up"), {}),
     "swiglu, gate only": (GatedStack, (2, 5, 8), _layers("l0.gate", "l1.gate"), {}),
     "linear-batchnorm": (LinearBN, (6, 12), _layers("fc1"), {"prune_norm": True}),
+    "linear-batchnorm-linear-linear": (
+        LinearBNLinear,
+        (6, 12),
+        [{"tensor_fqn": "fc1.weight", "prune_norm": True}, {"tensor_fqn": "fc2.weight"}],
+        {},
+    ),
     "conv-batchnorm-pool-flatten": (ConvBNFlat, (4, 3, 8, 8), _layers("conv"), {"prune_norm": True}),
 }

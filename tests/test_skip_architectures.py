@@ -25,6 +25,7 @@ CHAINED = {  # model: layers whose input columns are skipped
     "geglu": {"l0.down", "l1.down"},
     "swiglu, gate only": {"l0.down", "l1.down"},
     "linear-batchnorm": {"fc2"},
+    "linear-batchnorm-linear-linear": {"fc2", "fc3"},
     "conv-batchnorm-pool-flatten": {"fc"},
 }
 
@@ -121,3 +122,39 @@ def test_batchnorm1d_chain_only_on_2d_inputs() -> None:
     for shape in ((6, 12), (2, 32, 12)):  # (B, T=32, C): BatchNorm1d(32) runs over T
         x = torch.randn(shape)
         compare(run(fast, x), run(model, x), FP32)
+
+
+class Heads(nn.Module):
+    """The usual CNN heads after a masked conv: a mean over H and W, and ``x.view(x.size(0), -1)``."""
+
+    def __init__(self, head: str) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.fc = nn.Linear(16 if head == "mean" else 16 * 4 * 4, 5)
+        self.head = head
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        h = h.mean((2, 3)) if self.head == "mean" else h.view(h.size(0), -1)
+        return self.fc(h)
+
+
+@pytest.mark.parametrize("head", ["mean", "view"])
+def test_chain_through_cnn_heads(head) -> None:
+    torch.manual_seed(0)
+    dense, _ = prepared(Heads(head), {"conv": torch.arange(16) % 3 == 0}, True)
+    fast = skip_masked_rows(copy.deepcopy(dense), **SMALL)
+    assert fast.fc.forward.chain
+    x = torch.randn(3, 3, 4, 4)
+    compare(run(fast, x), run(dense, x), FP32)
+    # prune() shrinks the same shapes (no upstream pattern covers them)
+    torch.manual_seed(0)
+    model = Heads(head)
+    pruner = ours.SaliencyPruner({})
+    pruner.prepare(model, [{"tensor_fqn": "conv.weight"}])
+    model.conv.parametrizations.weight[0].mask.copy_(torch.arange(16) % 3 == 0)
+    with torch.no_grad():
+        y = model(x)
+        pruned = pruner.prune()
+        torch.testing.assert_close(pruned(x), y, **FP32)
+    assert pruned.conv.out_channels == 6 and pruned.fc.in_features == (6 if head == "mean" else 6 * 16)
