@@ -269,7 +269,7 @@ class ChannelGraph:
                     continue
                 if rules.harmless_read(user, node):
                     continue
-                space.blockers.append((user, f"{describe(user, self.modules)} reads it"))
+                space.blockers.append((user, f"{describe(user, self.modules)} also reads them"))
 
 
 def dead_outputs_zero(layer: nn.Module) -> bool:

@@ -88,7 +88,7 @@ def plan_prune(root: nn.Module, graph: fx.Graph, upstream_takes: Callable[[fx.No
 def _message(node: fx.Node, g: ChannelGraph, why: str) -> str:
     return (
         f"prune(): cannot remove the pruned channels of {describe(node, g.modules)}: {why}. "
-        "Shapes prune() shrinks: see the pruner's documentation (structprune_triton.pruner)."
+        "The shapes prune() shrinks are listed in docs/architectures.md."
     )
 
 
