@@ -270,8 +270,3 @@ class ChannelGraph:
                 if rules.harmless_read(user, node):
                     continue
                 space.blockers.append((user, f"{describe(user, self.modules)} also reads them"))
-
-
-def dead_outputs_zero(layer: nn.Module) -> bool:
-    """True if ``layer``'s masked output channels are exact zeros (see :func:`_zero_outputs`)."""
-    return not _zero_outputs(layer)
