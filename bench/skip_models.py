@@ -1,6 +1,6 @@
 """Training-step time of pruned models: masked dense, row skipping, chain skipping, physically pruned.
 
-The models of issue 15, pruned by ``structprune_triton.pruner.SaliencyPruner`` (masks set by its
+The models of :func:`cases`, pruned by ``structprune_triton.pruner.SaliencyPruner`` (masks set by its
 ``step()``), one training step = forward, backward, SGD step. Variants:
 
 * masked dense: the prepared model as is;
@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from structprune_triton import skip_masked_rows
@@ -61,14 +62,119 @@ def convnet(cin: int, hidden: int) -> nn.Module:
     )
 
 
+class ResidualBlock(nn.Module):
+    """Conv(c -> inner)-BN-ReLU-Conv(inner -> c)-BN plus the residual, then ReLU."""
+
+    def __init__(self, channels: int, inner: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, inner, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(inner)
+        self.conv2 = nn.Conv2d(inner, channels, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + x)
+
+
+class ResNetCNN(nn.Module):
+    """ResNet-style CNN: stem 3 -> ``channels`` (conv, BN, ReLU), two residual blocks, global average
+    pool, Linear head."""
+
+    def __init__(self, channels: int, inner: int) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(channels)
+        self.b1 = ResidualBlock(channels, inner)
+        self.b2 = ResidualBlock(channels, inner)
+        self.fc = nn.Linear(channels, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.b2(self.b1(F.relu(self.bn(self.stem(x)))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def resnet_inner_channels(model: nn.Module) -> list[dict]:
+    """Pruner config: the blocks' inner channels (conv1 and, with prune_norm, its BatchNorm)."""
+    return [{"tensor_fqn": f"{block}.conv1.weight", "prune_norm": True} for block in ("b1", "b2")]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """``x + down(silu(gate(norm(x))) * up(norm(x)))``, LLaMA-style (no biases)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.norm(x)
+        return x + self.down(F.silu(self.gate(y)) * self.up(y))
+
+
+def swiglu_stack(dim: int, hidden: int) -> nn.Module:
+    return nn.Sequential(SwiGLU(dim, hidden), SwiGLU(dim, hidden))
+
+
+def swiglu_gate_and_up(model: nn.Module) -> list[dict]:
+    """Pruner config: gate and up of each layer share one mask (a hidden channel is one unit, so the
+    density is the hidden width's; saliency then picks the rows dead in either)."""
+    config = []
+    for i, layer in enumerate(model):
+        shared = torch.ones(layer.gate.out_features, dtype=torch.bool)
+        config += [{"tensor_fqn": f"{i}.{name}.weight", "mask": shared} for name in ("gate", "up")]
+    return config
+
+
 def cases(quick: bool) -> list[tuple[str, Callable[[], nn.Module], list[str], float, tuple[int, ...]]]:
-    """(name, model factory, pruned layer names, density, input shape)."""
+    """(name, model factory, pruned layer names or a function model -> pruner config, density,
+    input shape)."""
     if quick:
         return [
             ("MLP 64-256-256-64-10, batch 16, d=0.5", lambda: mlp(64, 256), ["0", "2", "4"], 0.5, (16, 64)),
             ("Conv2d 8-32-32-8, input 4x8x8x8, d=0.5", lambda: convnet(8, 32), ["0", "2"], 0.5, (4, 8, 8, 8)),
+            (
+                "ResNet-style 8/16, input 4x3x8x8, d=0.5",
+                lambda: ResNetCNN(8, 16),
+                resnet_inner_channels,
+                0.5,
+                (4, 3, 8, 8),
+            ),
+            (
+                "SwiGLU 32/128 x2, input 2x8x32, d=0.5",
+                lambda: swiglu_stack(32, 128),
+                swiglu_gate_and_up,
+                0.5,
+                (2, 8, 32),
+            ),
         ]
     return [
+        (
+            "ResNet-style CNN, stem 3->64, 2 blocks 64->128->64 + BN + residual, input 16x3x32x32, d=0.5",
+            lambda: ResNetCNN(64, 128),
+            resnet_inner_channels,
+            0.5,
+            (16, 3, 32, 32),
+        ),
+        (
+            "SwiGLU MLP x2, RMSNorm, d=512, hidden 2048, input 8x64x512, d=0.5",
+            lambda: swiglu_stack(512, 2048),
+            swiglu_gate_and_up,
+            0.5,
+            (8, 64, 512),
+        ),
         ("MLP 1024-4096-4096-1024-10, batch 256, d=0.5", lambda: mlp(1024, 4096), ["0", "2", "4"], 0.5, (256, 1024)),
         ("MLP 1024-4096-4096-1024-10, batch 256, d=0.25", lambda: mlp(1024, 4096), ["0", "2", "4"], 0.25, (256, 1024)),
         (
@@ -85,7 +191,8 @@ def build(variant: str, factory: Callable[[], nn.Module], layers: list[str], den
     torch.manual_seed(0)
     model = factory()
     pruner = SaliencyPruner({"sparsity_level": 1.0 - density})
-    pruner.prepare(model, [{"tensor_fqn": f"{name}.weight"} for name in layers])
+    config = layers(model) if callable(layers) else [{"tensor_fqn": f"{name}.weight"} for name in layers]
+    pruner.prepare(model, config)
     pruner.step()  # masks: the rows of smallest L1 norm die
     small = {"min_numel": 0, "row_multiple": 8} if quick else {}
     if variant == "rows":

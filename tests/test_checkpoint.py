@@ -24,7 +24,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from structprune_triton import BiasHook, FakeStructuredSparsity, prepare_module
+from structprune_triton.pruner import SaliencyPruner
 
+from .architectures import ResNet, randomize_norms
 from .helpers import DEVICE, UpstreamBiasHook, UpstreamFSS, assert_same
 
 OURS = (FakeStructuredSparsity, BiasHook)
@@ -243,3 +245,33 @@ def test_pickling_parametrization_and_hook(backend, mask_dtype):
     assert_same(p2.mask, mask)
     w = torch.randn(6, 3, device=DEVICE)
     assert_same(p2(w), UpstreamFSS(mask)(w))
+
+
+def test_prune_norm_checkpoint_round_trip(backend):
+    """A ``prune_norm`` model: ``model.state_dict()`` (the norms' unmasked weight and bias under
+    ``parametrizations``) and ``pruner.state_dict()`` (the masks) restore the same function into a
+    model prepared the same way, whose norms then follow the loaded masks."""
+    config = [{"tensor_fqn": f"b{i}.conv1.weight"} for i in (1, 2)]
+
+    def prepared(seed):
+        torch.manual_seed(seed)
+        model = randomize_norms(ResNet()).to(DEVICE)
+        pruner = SaliencyPruner({"sparsity_level": 0.5, "prune_norm": True})
+        pruner.prepare(model, copy.deepcopy(config))
+        return model, pruner
+
+    model, pruner = prepared(0)
+    pruner.step()
+    x = torch.randn(2, 3, 6, 6, device=DEVICE)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "pruner": pruner.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    assert "b1.bn1.parametrizations.weight.original" in saved["model"]
+    other, other_pruner = prepared(1)
+    other.load_state_dict(saved["model"])
+    other_pruner.load_state_dict(saved["pruner"])
+    dead = other.b1.conv1.parametrizations.weight[0].mask == 0
+    assert dead.any() and (other.b1.bn1.weight[dead] == 0).all() and (other.b1.bn1.bias[dead] == 0).all()
+    with torch.no_grad():
+        assert_same(other.eval()(x), model.eval()(x))

@@ -10,12 +10,16 @@ from a pruned layer whose masked channels are exactly zero, only its live input 
 :func:`skip_masked_rows` does this for every ``nn.Linear`` and ``nn.Conv2d`` (``groups=1``, their
 class's own forward). Rows: layers carrying this package's
 :class:`~structprune_triton.FakeStructuredSparsity` on ``weight``, prepared as the pruners prepare
-them (bias moved to ``_bias`` behind the bias hook). Input columns (``chains=True``): a layer whose
-input is such a layer's output through ops that keep a zero channel zero (ReLU and other
-activations, dropout, pooling, a ``Flatten`` of a convolution's output), where the masked channels
-are provably zero (``_bias`` pruned or absent, no other forward hook); found from the model's
-``torch.fx`` graph (:mod:`.chains`). Where that cannot be proven (a normalisation, an add, an
-un-pruned bias, an untraceable model, anything unknown) the layer keeps row skipping only.
+them (bias moved to ``_bias`` behind the bias hook). Input columns (``chains=True``): the input
+channels the model's ``torch.fx`` graph proves to be exact zeros given the current masks
+(:mod:`structprune_triton.graph.channels`, through :mod:`.chains`): a masked layer's dead channels
+(``_bias`` pruned or absent, no other forward hook), carried through element-wise ops that map 0
+to 0 (evaluated at +0.0 and -0.0 with the op's own parameters: ``Hardtanh(0.1, 1.0)`` does not),
+dropout, pooling, a ``Flatten`` of a convolution's output, a BatchNorm masked with the pruners'
+``prune_norm``, a product (dead if dead in either factor: ``silu(gate(x)) * up(x)``) and a sum (dead
+if dead in every addend). Where that cannot be proven (an unmasked norm, an add with another
+tensor, an un-pruned bias, a tensor an op may change in place, an untraceable model, anything
+unknown) the layer keeps row skipping only.
 
 Every such layer gets one instance attribute, ``module.forward``, a :class:`LiveRowsForward`:
 parameters, buffers, parametrizations, module types, hooks and ``state_dict()`` keys are untouched,
@@ -29,30 +33,44 @@ The live set and when it is refreshed (the contract)
 ``idx`` (the live rows, padded with dead rows to a multiple of ``row_multiple``) is computed from
 the mask *when the mask changes*, not on every call (it needs one host synchronisation). It is
 refreshed (1) by :func:`skip_masked_rows` and :func:`refresh_live_rows` (call it after editing masks
-yourself); (2) by ``step()`` of this package's pruners; (3) in eager mode, at the start of a forward
-whose mask was visibly replaced or edited (another mask object or storage, a bumped version
-counter: host-only checks, no synchronisation). A refresh is safe under ``no_grad`` and
-``inference_mode`` (the index is never an inference tensor).
+yourself); (2) in eager mode, at the start of a forward whose mask (or, for input columns, the mask
+of a layer the proof reads) was visibly replaced or edited (another mask object or storage, a
+bumped version counter: host-only checks, no synchronisation). This package's pruners bump every
+mask's version counter in ``step()``, so their edits are seen. A refresh is safe under ``no_grad``
+and ``inference_mode`` (the index is never an inference tensor).
 
-Edits through ``.data`` (``mask.data[i] = False``, what upstream's ``SaliencyPruner`` does) are
-invisible to (3), and compiled graphs run no host check. A row that *died* since the refresh is
-still exactly zero (the mask is read on every call). A row that *came alive* outside ``idx`` would
-be wrong, so with ``verify=True`` (default) every call checks on the device, without a host sync
-(``torch._assert_async``: ``RuntimeError`` on CPU, a device assert on CUDA), that no row outside
-``idx`` is live and, in a chained layer, that the channels it skips are dead in the source's mask
-and exactly zero in the first sample of its input (a max-abs over one sample: cheap, and it catches
-a zero that stopped being one, e.g. a forward hook added after the chain was found).
-``verify=False`` drops these checks.
+Edits through ``.data`` (``mask.data[i] = False``, what upstream's ``update_mask`` does; our
+pruners' ``step()`` then bumps the version) are invisible to (2), and compiled graphs run no host
+check: call :func:`refresh_live_rows` before running a compiled graph on new masks. A row that
+*died* since the refresh is still exactly zero (the mask is read on every call). A row that *came
+alive* outside ``idx`` would be wrong, so with ``verify=True`` (default) every call checks on the
+device, without a host sync (``torch._assert_async``: ``RuntimeError`` on CPU, a device assert on
+CUDA), that no row outside ``idx`` is live and, in a chained layer, that the channels it skips are
+dead in the current masks and exactly zero in the first sample of its input (one sample: cheap, and
+it catches a zero that stopped being one, e.g. a forward hook added after the chain was found; an
+empty batch has no sample).
+``verify=False`` drops these checks. The checks change no grad mode, so a skipping model
+exports (``torch.export``), saves and loads.
+
+Transforms: under forward-mode AD, ``torch.func`` (``grad``, ``vmap``, ``jvp``...) and
+``torch.jit.trace`` a skipping layer runs the dense path (the gathers are autograd Functions
+without batch or tangent rules, and a trace would bake in the index): upstream's results.
 
 torch.compile: the index tensors are plain attributes, read by the graph on every call. A refresh
 within the same padding bucket keeps every shape (no recompile); a new bucket changes a length
-(``dynamic=True``: a symbolic size; default ``dynamic=None``: one recompile, then dynamic).
-Switching a layer between skipping and the dense path recompiles. Refresh before running a compiled
-graph on a moved model.
+(``dynamic=True``: a symbolic size; default ``dynamic=None``: one recompile, then dynamic). Dynamo
+gives tensors reached only through a built-in module (an unmasked ``nn.Linear``/``nn.Conv2d``)
+static shapes: such a chained layer shares its source's live rows when they are exactly its live
+input channels (a single masked layer before it), else its column count is static and a new
+bucket recompiles. Switching a layer between skipping and the dense path recompiles. Refresh
+before running a compiled graph on a moved model.
 
 When skipping does not pay: at refresh a layer keeps the dense path (for its rows, or its input
 columns) when the padded live fraction exceeds ``max_density`` or its weight has fewer than
 ``min_numel`` elements (the gathers cost more than the rows saved).
+
+NaN/inf in a pruned row never reaches a result or gradient (the gathered rows, padding included,
+are masked before use: the exact-zero rule of the dense path). Empty batches run as the dense path.
 
 Limits: what dead channels *would* compute, and the gradient their weights or mask entries would
 get, are never computed: masks learned by gradient and activation- or Taylor-based saliency need
@@ -67,7 +85,7 @@ from __future__ import annotations
 from torch import nn
 
 from .chains import find_chains
-from .live import LiveRowsForward, structured_param
+from .live import LiveRowsForward, plain_layer, skippable_param
 
 __all__ = [
     "LIVE_ROW_MULTIPLE",
@@ -123,11 +141,10 @@ def skip_masked_rows(
     if not enabled:
         return model
     settings = {"verify": verify, "max_density": max_density, "min_numel": min_numel, "row_multiple": row_multiple}
-    forwards = {m: LiveRowsForward(m, **settings) for m in model.modules() if structured_param(m) is not None}
-    for consumer, producer, group in find_chains(model) if chains else ():
-        if producer in forwards:
-            fwd = forwards.setdefault(consumer, LiveRowsForward(consumer, **settings))
-            fwd.source, fwd.group = forwards[producer], group
+    forwards = {m: LiveRowsForward(m, **settings) for m in model.modules() if skippable_param(m) is not None}
+    for consumer, inputs in (find_chains(model) if chains else {}).items():
+        if plain_layer(consumer):
+            forwards.setdefault(consumer, LiveRowsForward(consumer, **settings)).set_inputs(inputs, forwards)
     for module, fwd in forwards.items():
         module.forward = fwd
     refresh_live_rows(model)

@@ -1,5 +1,5 @@
-"""One layer's replacement forward: dead output rows skipped, and dead input channels skipped where
-the layer before provably feeds them zeros (a chain, found by :mod:`.chains`)."""
+"""One layer's replacement forward: dead output rows skipped, and input channels skipped where the
+model's graph proves them exact zeros (:class:`~structprune_triton.graph.channels.InputChannels`)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..dispatch import transformed
+from ..graph.channels import InputChannels
+from ..graph.norm_mask import mask_of
 from ..ops.row_mask import row_mask
-from ..parametrization import BiasHook, FakeStructuredSparsity
-from .gather import gather, select
+from ..parametrization import FakeStructuredSparsity
+from .gather import gather, place, select
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 _STALE_ROWS = (
     "structprune_triton.skip_masked_rows: a row outside the live set computed at the last refresh is "
     "live (a mask edited through .data, or inside a compiled graph's run, revived it); call "
+    "structprune_triton.refresh_live_rows(model) after editing masks"
+)
+_STALE_COLUMNS = (
+    "structprune_triton.skip_masked_rows: an input channel this layer skips is live in the current masks (a "
+    "mask edited through .data, or inside a compiled graph's run, revived it); call "
     "structprune_triton.refresh_live_rows(model) after editing masks"
 )
 _NONZERO_INPUT = (
@@ -35,10 +43,12 @@ def plain_layer(module: nn.Module) -> bool:
     return type(module).forward is cls.forward and getattr(module, "groups", 1) == 1
 
 
-def structured_param(module: nn.Module) -> FakeStructuredSparsity | None:
-    """``module``'s weight parametrization if the module can skip output rows, else None: a plain
-    layer without ``bias`` (the pruners move it to ``_bias``) and exactly one parametrization on
-    ``weight``, ours, with a 1-D mask of one entry per row."""
+def skippable_param(module: nn.Module) -> FakeStructuredSparsity | None:
+    """``module``'s weight parametrization if the layer can skip its dead output rows, else None: a
+    plain layer without ``bias`` (the pruners move it to ``_bias``) whose weight carries exactly one
+    parametrization, this package's own class with its own forward, with a 1-D mask of one entry
+    per row. (Stricter than the pruner's test for a structured mask, which takes upstream's class
+    and subclasses anywhere in the list.)"""
     if not plain_layer(module) or module.bias is not None or not parametrize.is_parametrized(module, "weight"):
         return None
     plist = module.parametrizations.weight
@@ -47,22 +57,7 @@ def structured_param(module: nn.Module) -> FakeStructuredSparsity | None:
         return None
     if type(p).forward is not FakeStructuredSparsity.forward:
         return None
-    mask = p.mask
-    if not isinstance(mask, Tensor) or mask.dim() != 1 or mask.shape[0] != plist.original.shape[0]:
-        return None
-    return p
-
-
-def dead_outputs_zero(module: nn.Module) -> bool:
-    """True if the channels ``module`` masks come out exactly zero: its only forward hooks are our
-    bias hooks, and a bias behind them (``_bias``) is pruned with the mask (``prune_bias``)."""
-    has_bias = getattr(module, "_bias", None) is not None
-    for hook in module._forward_hooks.values():
-        if type(hook).__call__ is not BiasHook.__call__ or not isinstance(hook, BiasHook):
-            return False
-        if has_bias and not hook.prune_bias:
-            return False
-    return True
+    return p if mask_of(module) is not None else None
 
 
 def _first_param(module: nn.Module) -> nn.Module | None:
@@ -78,15 +73,63 @@ def _suggests_channels_last(t: Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
+class MaskWatch:
+    """Host-side snapshot of a layer's mask: its parametrization and mask objects, the mask's storage
+    address and version counter, and whether the layer has a ``bias``. Comparing costs about a
+    microsecond (dict lookups; no device sync)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.take()
+
+    def take(self) -> None:
+        module = self.module
+        self.param = _first_param(module)
+        self.has_bias = module._parameters.get("bias") is not None
+        mask = self.param._buffers.get("mask") if self.param is not None else None
+        is_tensor = isinstance(mask, Tensor)
+        self.mask = mask
+        self.storage = mask.untyped_storage() if is_tensor else None  # keeps the address from being reused
+        self.ptr = mask.data_ptr() if is_tensor else -1
+        self.version = mask._version if is_tensor else -1
+
+    def changed(self) -> bool:
+        module = self.module
+        p = _first_param(module)
+        if p is not self.param or (module._parameters.get("bias") is not None) != self.has_bias:
+            return True
+        if p is None:
+            return False
+        mask = p._buffers.get("mask")
+        if not isinstance(mask, Tensor):
+            return mask is not self.mask
+        return mask is not self.mask or mask._version != self.version or mask.data_ptr() != self.ptr
+
+
+def padded_live(keep: Tensor, multiple: int) -> tuple[Tensor, Tensor, int]:
+    """``(idx, in_set, count)``: the indices where ``keep`` is True, padded with others to a multiple
+    of ``multiple`` (ascending), a bool per entry saying which are in ``idx``, and the true count
+    (one host sync)."""
+    n = keep.shape[0]
+    count = int(keep.sum())
+    multiple = max(1, multiple)
+    padded = min(n, max(multiple, -(-count // multiple) * multiple))
+    # kept entries first, then the others (each ascending): the first `padded` are the padded set
+    order = torch.argsort(keep.logical_not().to(torch.uint8), stable=True)
+    idx = order[:padded].sort().values.contiguous()  # fresh tensor: storage offset 0
+    in_set = torch.zeros(n, dtype=torch.bool, device=keep.device).index_fill_(0, idx, True)
+    return idx, in_set, count
+
+
 class LiveRowsForward:
     """Replacement ``forward`` of one module (stored as ``module.forward``).
 
     Rows: ``idx`` (int64, the live rows padded with dead ones to a multiple of ``row_multiple``,
     ascending) and ``in_set`` (bool per row) are kept whenever the module carries a structured mask;
-    ``skip`` says whether this layer computes only those rows. Chain: ``source`` is the layer whose
-    dead rows feed this one's input (``None``: no chain), ``group`` its columns per channel (> 1
-    after a ``Flatten``), ``cols`` the input columns computed when ``chain`` is True. Compiled graphs
-    read these attributes on every call.
+    ``skip`` says whether this layer computes only those rows. Input columns: ``inputs`` says which
+    input channels the graph proves zero (``None``: no chain); ``cols`` are the input columns
+    computed and ``col_set`` (bool per channel) the channels among them when ``chain`` is True.
+    Compiled graphs read these attributes on every call.
     """
 
     def __init__(
@@ -97,131 +140,106 @@ class LiveRowsForward:
         self.max_density = max_density
         self.min_numel = min_numel
         self.row_multiple = row_multiple
-        self.skip = False
+        self.skip = self.structured = self.chain = False
         self.idx: Tensor | None = None
         self.in_set: Tensor | None = None
         self.live_count = 0
-        self.structured = False  # the weight carries our mask (rows can be skipped)
-        self.generation = 0  # bumped by every refresh of the rows; chained layers compare it
-        self.source: LiveRowsForward | None = None
-        self.group = 1
-        self.chain = False
+        self.watch = MaskWatch(module)
+        self.inputs: InputChannels | None = None
+        self.col_watches: list[MaskWatch] = []
+        self.source_forwards: dict[nn.Module, LiveRowsForward] = {}
         self.cols: Tensor | None = None
-        self._source_generation = -1
-        # host-side snapshot of the mask the live set was computed from
-        self._param: nn.Module | None = None
-        self._has_bias = False
-        self._mask: Tensor | None = None
-        self._storage: Any = None  # keeps the old storage alive, so its address cannot be reused
-        self._ptr = -1
-        self._version = -1
+        self.col_set: Tensor | None = None
 
     def _dense(self, *args: Any, **kwargs: Any) -> Tensor:
         return type(self.module).forward(self.module, *args, **kwargs)
 
-    def stale(self) -> bool:
-        """True if the mask was visibly replaced or edited, or the module's parametrization or bias
-        changed, since the last refresh. Host-only (dict lookups, the mask's version counter and
-        address: about a microsecond)."""
-        module = self.module
-        p = _first_param(module)
-        if p is not self._param or (module._parameters.get("bias") is not None) != self._has_bias:
-            return True
-        if p is None:
-            return False
-        mask = p._buffers.get("mask")
-        if not isinstance(mask, Tensor):
-            return mask is not self._mask
-        return mask is not self._mask or mask._version != self._version or mask.data_ptr() != self._ptr
+    def set_inputs(self, inputs: InputChannels | None, forwards: dict[nn.Module, LiveRowsForward]) -> None:
+        """Skip the input channels ``inputs`` proves zero; ``forwards``: the skipping forwards of the
+        model's layers (those of ``inputs.sources`` share their live rows when they match)."""
+        self.inputs = inputs
+        self.col_watches = [MaskWatch(m) for m in inputs.sources] if inputs is not None else []
+        self.source_forwards = {m: forwards[m] for m in inputs.sources if m in forwards} if inputs is not None else {}
 
-    def refresh(self) -> None:
-        """Recompute the live rows (one host sync), then the chain's input columns."""
-        if self.source is not None and self.source.stale():
-            self.source.refresh_rows()
-        self.refresh_rows()
-        self.refresh_cols()
-
-    @torch.no_grad()
     def refresh_rows(self) -> None:
         """Recompute the live set from the current mask (one host sync) and choose the row path."""
-        with torch.inference_mode(False):  # tensors kept for later training steps: never inference tensors
-            self._refresh_rows()
+        if torch.is_inference_mode_enabled():  # tensors kept for later training steps
+            with torch.inference_mode(False):
+                return self._refresh_rows()
+        self._refresh_rows()
 
     def _refresh_rows(self) -> None:
-        module = self.module
-        self.generation += 1
-        self.skip = False
+        self.watch.take()
+        self.skip = self.structured = False
         self.idx = self.in_set = None
         self.live_count = 0
-        self.structured = False
-        self._param = _first_param(module)
-        self._has_bias = module._parameters.get("bias") is not None
-        mask = self._param._buffers.get("mask") if self._param is not None else None
-        is_tensor = isinstance(mask, Tensor)
-        self._mask = mask
-        self._storage = mask.untyped_storage() if is_tensor else None
-        self._ptr = mask.data_ptr() if is_tensor else -1
-        self._version = mask._version if is_tensor else -1
-        if structured_param(module) is None:
+        if skippable_param(self.module) is None:
             return
         self.structured = True
-        keep = mask if mask.dtype == torch.bool else mask != 0
+        mask = self.watch.mask
         rows = mask.shape[0]
-        self.live_count = count = int(keep.sum())  # the host sync
-        multiple = max(1, self.row_multiple)
-        padded = min(rows, max(multiple, -(-count // multiple) * multiple))
-        # live rows first, then dead ones (each ascending): the first `padded` are the live set
-        # padded with dead rows, whose outputs are exact zeros written to dead columns.
-        order = torch.argsort(keep.logical_not().to(torch.uint8), stable=True)
-        self.idx = order[:padded].sort().values.contiguous()  # fresh tensor: storage offset 0
-        self.in_set = torch.zeros(rows, dtype=torch.bool, device=mask.device).index_fill_(0, self.idx, True)
-        numel = module.parametrizations.weight.original.numel()
-        self.skip = padded <= self.max_density * rows and numel >= self.min_numel
+        self.idx, self.in_set, self.live_count = padded_live(mask != 0, self.row_multiple)
+        numel = self.module.parametrizations.weight.original.numel()
+        self.skip = self.idx.shape[0] <= self.max_density * rows and numel >= self.min_numel
 
-    @torch.no_grad()
     def refresh_cols(self) -> None:
-        """Choose the input columns from the source's live rows (no host sync)."""
-        with torch.inference_mode(False):
-            self._refresh_cols()
+        """Choose the input columns from the current masks of the layers ``inputs`` depends on."""
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return self._refresh_cols()
+        self._refresh_cols()
 
     def _refresh_cols(self) -> None:
+        for w in self.col_watches:
+            w.take()
         self.chain = False
-        self.cols = None
-        source = self.source
-        if source is None:
+        self.cols = self.col_set = None
+        inputs, module = self.inputs, self.module
+        if inputs is None or not plain_layer(module) or module._forward_pre_hooks:
             return
-        self._source_generation = source.generation
-        module = self.module
-        channels = source.in_set.shape[0] if source.in_set is not None else 0
-        inputs = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        if any(mask_of(m) is None for m in inputs.sources):
+            return
         weight = module.parametrizations.weight.original if parametrize.is_parametrized(module, "weight") else None
         weight = module.weight if weight is None else weight
-        if not plain_layer(module) or channels == 0 or inputs != channels * self.group:
+        width = module.in_features if isinstance(module, nn.Linear) else module.in_channels
+        if width != inputs.channels * inputs.group or weight.numel() < self.min_numel:
             return
-        if source.idx.device != weight.device or module._forward_pre_hooks:
+        live = inputs.dead_channels().logical_not()
+        if live.device != weight.device:
             return
-        padded = source.idx.shape[0]
-        if padded > self.max_density * channels or weight.numel() < self.min_numel:
+        idx, col_set = self._shared_rows(live) or padded_live(live, self.row_multiple)[:2]
+        if idx.shape[0] > self.max_density * inputs.channels:
             return
-        cols = source.idx
-        if self.group > 1:  # after Flatten: channel c is the columns c*group ... c*group + group-1
-            within = torch.arange(self.group, device=cols.device)
-            cols = (cols[:, None] * self.group + within).reshape(-1)
-        self.cols = cols
-        self.chain = True
+        if inputs.group > 1:  # after Flatten: channel c is the columns c*group ... c*group + group-1
+            within = torch.arange(inputs.group, device=idx.device)
+            idx = (idx[:, None] * inputs.group + within).reshape(-1)
+        self.cols, self.col_set, self.chain = idx, col_set, True
+
+    def _shared_rows(self, live: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The live rows of a source layer (its ``idx`` and ``in_set`` objects) when its live set is
+        exactly ``live``. Sharing the tensor keeps its length symbolic under ``torch.compile``: a
+        tensor reached only through a built-in module such as an unmasked ``nn.Conv2d`` gets a
+        static shape (a recompile whenever the padded count changes)."""
+        for module in self.inputs.sources:
+            fwd = self.source_forwards.get(module)
+            if fwd is None or fwd.row_multiple != self.row_multiple:
+                continue
+            if fwd.watch.changed():
+                fwd.refresh_rows()
+            if fwd.idx is not None and torch.equal(live, fwd.watch.mask != 0):
+                return fwd.idx, fwd.in_set
+        return None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         if not torch.compiler.is_compiling():
-            if self.stale():
+            if transformed():  # forward AD, torch.func, jit.trace: plain torch ops give upstream's results
+                return self._dense(*args, **kwargs)
+            if self.watch.changed():
                 self.refresh_rows()
-            source = self.source
-            if source is not None:
-                if source.stale():
-                    source.refresh_rows()
-                if source.generation != self._source_generation:
-                    self.refresh_cols()
+            if any(w.changed() for w in self.col_watches):
+                self.refresh_cols()
         elif self.skip and not parametrize.is_parametrized(self.module, "weight"):
-            return self._dense(*args, **kwargs)  # e.g. pruned by prune() while skipping was on
+            return self._dense(*args, **kwargs)  # parametrization removed while skipping was on
         if not (self.skip or self.chain) or kwargs or len(args) != 1:
             return self._dense(*args, **kwargs)
         return self._forward(args[0])
@@ -230,9 +248,10 @@ class LiveRowsForward:
         module = self.module
         is_linear = isinstance(module, nn.Linear)
         rows = self.idx if self.skip else None
-        cols = self.cols if self.chain else None
+        cols = self.cols if self.chain and (x.dim() == 2 or not self.inputs.only_2d) else None
+        if rows is None and cols is None:
+            return self._dense(x)
         channel_dim = x.dim() - 1 if is_linear else x.dim() - 3
-        out_mask = None  # a bool mask applied to the output rather than the weight
         if self.structured:
             plist = module.parametrizations.weight
             w = fmt_source = plist.original
@@ -241,12 +260,9 @@ class LiveRowsForward:
                 if self.verify:
                     torch._assert_async(torch.logical_or(self.in_set, mask == 0).all(), _STALE_ROWS)
                 mask = mask.index_select(0, rows)
-            w = gather(w, rows, cols)
-            # mask whichever is smaller: the weight, or (bool masks, Linear) the output
-            if mask.dtype == torch.bool and is_linear and x.numel() < w.shape[1] * x.shape[-1]:
-                out_mask = mask
-            else:
-                w = row_mask(w, mask)
+            # dead rows (padding included) exactly zero whatever their weights hold: never multiply
+            # by an unmasked gathered row, so NaN/inf there cannot reach any gradient
+            w = row_mask(gather(w, rows, cols), mask)
             bias = None
         else:
             w = fmt_source = module.weight
@@ -263,33 +279,30 @@ class LiveRowsForward:
             x = x.contiguous(memory_format=fmt)
             w = w.contiguous(memory_format=fmt)
         y = F.linear(x, w, bias) if is_linear else module._conv_forward(x, w, bias)
-        if out_mask is not None:  # dead rows exactly zero, whatever their weights hold
-            y = torch.where(out_mask, y, 0.0)
         if rows is None:
             return y
-        shape = list(y.shape)
-        shape[channel_dim] = self.in_set.shape[0]
         fmt = fmt if y.dim() == 4 else torch.contiguous_format
-        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt).zero_()
-        return out.index_copy_(channel_dim, rows, y)
+        return place(y, channel_dim, rows, self.in_set.shape[0], fmt)
 
     def _check_zero_inputs(self, x: Tensor, channel_dim: int) -> None:
-        """Device-side checks (no host sync) that the input channels skipped here are zero: no
-        channel outside the source's live set is live (unless the source checks that itself), and
-        in the first sample of ``x`` those channels hold exact zeros (a cheap sample of the data)."""
-        source = self.source
-        if not source.skip:
-            mask = source.module.parametrizations.weight[0].mask
-            torch._assert_async(torch.logical_or(source.in_set, mask == 0).all(), _STALE_ROWS)
-        with torch.no_grad():
-            sample = x.detach()[(0,) * channel_dim]  # a view: channels (and spatial dims) only
-            peak = torch.linalg.vector_norm(sample.reshape(source.in_set.shape[0], -1), float("inf"), dim=1)
-            torch._assert_async(torch.where(source.in_set, 0, peak).eq(0).all(), _NONZERO_INPUT)
+        """Device-side checks (no host sync, no grad-mode change) that the input channels skipped
+        here are zero: none is live in the current masks, and in the first sample of ``x`` (none for
+        an empty batch) they hold exact zeros (a cheap sample of the data)."""
+        inputs = self.inputs
+        torch._assert_async(torch.logical_or(self.col_set, inputs.dead_channels()).all(), _STALE_COLUMNS)
+        sample = x.detach()
+        sample = sample.flatten(0, channel_dim - 1) if channel_dim > 0 else sample.unsqueeze(0)
+        nonzero = sample[:1].ne(0).any(0)  # per input column (and spatial position)
+        if x.dim() - channel_dim > 1:  # a convolution: (C, H, W)
+            nonzero = nonzero.flatten(1).any(1)
+        elif inputs.group > 1:
+            nonzero = nonzero.view(inputs.channels, inputs.group).any(1)
+        torch._assert_async(torch.logical_and(nonzero, self.col_set.logical_not()).any().logical_not(), _NONZERO_INPUT)
 
     def __repr__(self) -> str:
         parts = []
         if self.skip:
             parts.append(f"rows: {self.live_count} live of {self.in_set.shape[0]}, padded to {self.idx.shape[0]}")
         if self.chain:
-            parts.append(f"input columns: {self.cols.shape[0]} of {self.source.in_set.shape[0] * self.group}")
+            parts.append(f"input columns: {self.cols.shape[0]} of {self.inputs.channels * self.inputs.group}")
         return f"LiveRowsForward({'; '.join(parts) or 'dense'}, verify={self.verify})"
