@@ -35,12 +35,18 @@ def _caption_inches(caption: str, width: int) -> float:
     return 0.15 + 0.12 * len(textwrap.wrap(caption, width))
 
 
-def _ratio_axis(axis, values: list[float]) -> None:
-    """A log axis over ``values`` and 1.0, labelled with plain ratios (0.5, 0.8, 1, 1.25, 2)."""
-    lo, hi = min([*values, 1.0]) / 1.15, max([*values, 1.0]) * 1.15
-    ticks = [t for t in (0.1, 0.2, 0.33, 0.5, 0.67, 0.8, 1, 1.25, 1.5, 2, 3, 5, 10, 20) if lo <= t <= hi]
-    axis.set_ticks(ticks, labels=[f"{t:g}" for t in ticks], minor=False)
+RATIO_LIMITS = (0.25, 4.0)  # ratio axes stop here: a spread wider than that is noise, drawn to the edge
+
+
+def _ratio_axis(axis, values: list[float]) -> tuple[float, float]:
+    """A log axis over ``values`` and 1.0 (within RATIO_LIMITS), labelled with plain ratios;
+    returns its limits."""
+    lo = max(min([*values, 1.0]) / 1.15, RATIO_LIMITS[0])
+    hi = min(max([*values, 1.0]) * 1.15, RATIO_LIMITS[1])
+    ticks = [t for t in (0.25, 0.5, 0.8, 1, 1.25, 2, 4) if lo <= t <= hi]
+    axis.set_ticks(ticks, labels=[f"{t:g}" for t in ticks], minor=False, fontsize=8)
     axis.set_ticks([], minor=True)
+    return lo, hi
 
 
 def per_call(rows: list[tuple[str, dict[str, Spread]]], title: str, caption: str, path: Path) -> Path:
@@ -62,13 +68,13 @@ def per_call(rows: list[tuple[str, dict[str, Spread]]], title: str, caption: str
         ax.errorbar(xs, ys, xerr=[lo, hi], fmt="o", ms=4, capsize=2, color=f"C{si}", label=name)
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")
-    spreads = [v for _, by in rows for t in by.values() for v in t]
-    ax.set_xlim(min([*spreads, 1.0]) / 1.15, max([*spreads, 1.0]) * 1.15)
-    _ratio_axis(ax.xaxis, spreads)
+    ax.set_xlim(*_ratio_axis(ax.xaxis, [v for _, by in rows for t in by.values() for v in t]))
     ax.set_ylim(-0.6, n - 0.4)
     ax.set_yticks(range(n))
     ax.set_yticklabels([label for label, _ in reversed(rows)], fontsize=7)
-    ax.set_xlabel("upstream eager time / ours (median, bar: quartiles); right of 1: ours faster", fontsize=8)
+    ax.set_xlabel(
+        "upstream eager time / ours (median, bar: quartiles, cut at the edges); right of 1: ours faster", fontsize=8
+    )
     ax.set_title(title, fontsize=10, loc="left")
     ax.grid(axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -93,9 +99,7 @@ def implementations(
                     ax.bar(x, bar, width, bottom=1.0, color=f"C{ii}", label=impl if ci == 0 else None)
         ax.axhline(1.0, color="k", lw=0.8)
         ax.set_yscale("log")
-        values = [v for _, by in cases for v in by.values()]
-        ax.set_ylim(min([*values, 1.0]) / 1.15, max([*values, 1.0]) * 1.15)
-        _ratio_axis(ax.yaxis, values)
+        ax.set_ylim(*_ratio_axis(ax.yaxis, [v for _, by in cases for v in by.values()]))
         ax.set_title(f"{op}: x vs upstream eager (higher is faster)", fontsize=10, loc="left")
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels([label for label, _ in cases], fontsize=7)
