@@ -209,14 +209,6 @@ def caption(path: Path, data: dict) -> str:
     return "; ".join(parts) + f"; command: {m.get('command', 'python -m pytest bench')}"
 
 
-def skip_caption(path: Path, run: dict) -> str:
-    memory = ", glibc keeps freed memory" if run.get("keep_memory") else ""
-    return (
-        f"run {shown(path)}; {run['date']}; {run['device']}; {run['versions']}; {run['rounds']} interleaved rounds, "
-        f"{run['clock']}{memory}; command: {run['command']}"
-    )
-
-
 def per_call_rows(groups: dict[str, list[Entry]]) -> tuple[list[tuple[str, dict]], str]:
     """Per case, ours eager against upstream eager: the interleaved spreads (CPU), else the ratio of
     the two medians (CUDA: device times), as a spread of one value."""
@@ -253,34 +245,29 @@ def draw(
         print(f"matplotlib is not installed: no plots written to {plots}")
         return []
     out = []
-    if groups:
-        cap = caption(run_path, data)
-        rows, title = per_call_rows(groups)
-        if rows:
-            out.append((report_plots.per_call(rows, title, cap, plots / "bench_per_call.png"), cap))
-        ops: dict[str, list[tuple[str, dict[str, float]]]] = {}
-        for g, es in groups.items():
-            op = es[0].op if es[0].op in ("fss_fwd", "fss_fwdbwd", "bias_hook") else "layers"
-            base = next((e for e in es if e.impl == "upstream-eager"), None)
-            speedups = {e.impl: s for e in es if e is not base and (s := speedup(base, e)) is not None}
-            ops.setdefault(op, []).append((g.split(" | ", 1)[-1].replace(" | ", "\n"), speedups))
-        impls = [i for i in IMPL_ORDER[1:] if any(e.impl == i for es in groups.values() for e in es)]
-        out.append((report_plots.implementations(ops, impls, cap, plots / "bench_implementations.png"), cap))
+    cap = caption(run_path, data)
+    rows, title = per_call_rows(groups)
+    if rows:
+        out.append((report_plots.per_call(rows, title, cap, plots / "bench_per_call.png"), cap))
+    ops: dict[str, list[tuple[str, dict[str, float]]]] = {}
+    for g, es in groups.items():
+        op = es[0].op if es[0].op in ("fss_fwd", "fss_fwdbwd", "bias_hook") else "layers"
+        base = next((e for e in es if e.impl == "upstream-eager"), None)
+        speedups = {e.impl: s for e in es if e is not base and (s := speedup(base, e)) is not None}
+        ops.setdefault(op, []).append((g.split(" | ", 1)[-1].replace(" | ", "\n"), speedups))
+    impls = [i for i in IMPL_ORDER[1:] if any(e.impl == i for es in groups.values() for e in es)]
+    out.append((report_plots.implementations(ops, impls, cap, plots / "bench_implementations.png"), cap))
     if skip:
-        cap = skip_caption(*skip)
+        import skip_models
+
+        cap = f"run {shown(skip[0])}; {skip_models.describe(skip[1])}"
         out.append((report_plots.training_steps(skip[1], cap, plots / "skip_training_step.png"), cap))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument(
-        "json",
-        type=Path,
-        nargs="?",
-        default=HERE / "out" / "run.json",
-        help="pytest-benchmark JSON (default: bench/out/run.json, what `pytest bench` writes)",
-    )
+    ap.add_argument("json", type=Path, nargs="?", default=HERE / "out" / "run.json", help="pytest-benchmark JSON")
     ap.add_argument(
         "--skip-json", type=Path, help="a `skip_models.py --json` run (default: bench/out/skip_models.json if present)"
     )

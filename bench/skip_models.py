@@ -180,6 +180,15 @@ def table_row(case: dict, variants: list[str]) -> str:
     return f"| {case['name']} | " + " | ".join(cells) + " |"
 
 
+def describe(run: dict) -> str:
+    """Date, machine, versions, timing and command of a run, in one line (a plot's caption)."""
+    memory = ", glibc keeps freed memory" if run["keep_memory"] else ""
+    return (
+        f"{run['date']}; {run['device']}; {run['versions']}; {run['rounds']} interleaved rounds, "
+        f"{run['clock']}{memory}; command: {run['command']}"
+    )
+
+
 def table(run: dict) -> list[str]:
     """The markdown table of a run (what ``main`` prints, and ``bench/report.py`` writes)."""
     rows = [table_row(case, run["variants"]) for case in run["cases"]]
