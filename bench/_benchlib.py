@@ -17,10 +17,10 @@ Timing (:func:`measure`), by three library timers, each for one question:
   slices lost to other processes do not count). CUDA: host wall time of one call plus a synchronize.
 * CUDA: ``triton.testing.do_bench`` adds the device time (CUDA events, L2 flushed before each call)
   as ``extra_info["device_s"]``.
-* CPU, ``ours-eager`` only: ``torch.utils.benchmark.Timer`` times ours and upstream eager in
-  alternating blocks at each thread count of ``--bench-threads``; the per-block ratio (upstream time
-  / ours) goes to ``extra_info["vs_upstream_eager"]`` as median and quartiles: the comparison that
-  background load drifting between separate tests cannot bias.
+* CPU, ``ours-eager`` only: :func:`structprune_triton.timing.interleaved` times ours and upstream
+  eager in alternating blocks at each thread count of ``--bench-threads``; the per-block ratio
+  (upstream time / ours) goes to ``extra_info["vs_upstream_eager"]`` as median and quartiles: the
+  comparison that background load drifting between separate tests cannot bias.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ from torch import nn
 
 import structprune_triton
 import structprune_triton.testing
-from structprune_triton.demo_timing import GraphCounter
+from structprune_triton import timing
+from structprune_triton.timing import GraphCounter
 
 
 class UpstreamArithFSS(nn.Module):
@@ -90,7 +91,7 @@ def classes(impl: str) -> tuple[type, type, bool]:
 
 def compiled(module: nn.Module) -> tuple[nn.Module, GraphCounter]:
     """``torch.compile(module)`` on a backend that counts the graphs Dynamo hands it."""
-    counter = GraphCounter(SETTINGS.backend)
+    counter = GraphCounter(SETTINGS.compile_backend)
     return torch.compile(module, backend=counter, dynamic=False), counter
 
 
@@ -170,36 +171,20 @@ def assert_rel_close(actual: torch.Tensor, expected: torch.Tensor, what: str = "
 VARIANTS = {"": {}, "exact_zeros=False": {"exact_zeros": False}}
 
 
-def _spread(ratios: list[float]) -> dict:
-    q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
-    return {"median": median, "q1": q1, "q3": q3}
-
-
 def interleaved_vs_upstream(fn, ref_fn, threads: int, calls: int, blocks: int, variants: dict) -> dict:
-    """Upstream eager (``ref_fn``) and ours (``fn``, under each of ``variants``' settings) timed by
-    ``torch.utils.benchmark.Timer`` (process CPU time) in blocks of ``calls`` calls at ``threads``
-    threads, the order rotated each block. Per variant: the median and quartiles over blocks of
-    upstream's time / ours, and both median times per call."""
-    from torch.utils.benchmark import Timer
-
-    names = ["upstream", *variants]
-    timers = {
-        n: Timer("f()", globals={"f": ref_fn if n == "upstream" else fn}, timer=time.process_time, num_threads=threads)
-        for n in names
-    }
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for b in range(blocks):
-        for k in range(len(names)):
-            n = names[(b + k) % len(names)]
-            with structprune_triton.settings(**variants.get(n, {})):
-                times[n].append(timers[n].timeit(calls).median)
-    up = times["upstream"]
+    """Upstream eager (``ref_fn``) and ours (``fn``, under each of ``variants``' settings) timed in
+    ``blocks`` interleaved blocks of ``calls`` calls at ``threads`` threads. Per variant: the median
+    and quartiles over blocks of upstream's time / ours, and both median times per call."""
+    fns = {"upstream": ref_fn, **{v: fn for v in variants}}
+    around = {v: (lambda kw=kw: structprune_triton.settings(**kw)) for v, kw in variants.items()}
+    times = timing.interleaved(fns, rounds=blocks, number=calls, threads=threads, around=around)
+    spreads = timing.ratios(times, "upstream")
     return {
         v: {
-            **_spread([u / o for u, o in zip(up, times[v], strict=True)]),
+            **spreads[v].as_dict(),
             "blocks": blocks,
             "calls": calls,
-            "upstream_s": statistics.median(up),
+            "upstream_s": statistics.median(times["upstream"]),
             "ours_s": statistics.median(times[v]),
         }
         for v in variants

@@ -13,7 +13,7 @@ from torch import nn
 @dataclass
 class Settings:
     quick: bool = False
-    compile_backend: str | None = None  # None: inductor when timing, aot_eager with --benchmark-disable
+    compile_backend_option: str | None = None  # --bench-compile-backend; None: see compile_backend
     benchmark_disabled: bool = False
     threads: tuple[int, ...] = (1, 2)  # CPU thread counts of the interleaved comparison; the first times the table
     cuda: bool = field(default_factory=torch.cuda.is_available)
@@ -23,10 +23,11 @@ class Settings:
         return "cuda" if self.cuda else "cpu"
 
     @property
-    def backend(self) -> str:
+    def compile_backend(self) -> str:
+        """The torch.compile backend of the compiled implementations."""
         # With --benchmark-disable only agreement with upstream is checked: aot_eager compiles in a
         # fraction of Inductor's CPU compile time.
-        return self.compile_backend or ("aot_eager" if self.benchmark_disabled else "inductor")
+        return self.compile_backend_option or ("aot_eager" if self.benchmark_disabled else "inductor")
 
     @property
     def target_s(self) -> float:

@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -32,12 +34,14 @@ if "structprune_triton" not in sys.modules:
 import torch  # noqa: E402
 from _cases import SETTINGS  # noqa: E402
 
-from structprune_triton import environment  # noqa: E402
+from structprune_triton import run_info  # noqa: E402
 
 
-class _DefaultJson:
-    """``bench/out/run.json``, opened only when pytest-benchmark writes it (``with f as fh:
-    fh.write(...)``), so a run in which no benchmark ran leaves an earlier JSON alone."""
+class _LazyJsonFile:
+    """``bench/out/run.json`` as an open binary file, for pytest-benchmark releases before 5.3
+    (whose ``--benchmark-json`` is an ``argparse.FileType('wb')``, written with ``with f as fh``):
+    opened only when pytest-benchmark writes it, so a run in which no benchmark ran leaves an
+    earlier JSON alone."""
 
     def __enter__(self):
         DEFAULT_JSON.parent.mkdir(exist_ok=True)
@@ -51,11 +55,19 @@ class _DefaultJson:
         return str(DEFAULT_JSON)
 
 
+def default_json(version: str) -> object:
+    """The value pytest-benchmark ``version`` expects in ``config.option.benchmark_json`` for
+    ``bench/out/run.json``: from 5.3 on a path (it opens the file itself, and only once a benchmark
+    ran), before that an open binary file (:class:`_LazyJsonFile`)."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    if (major, minor) >= (5, 3):
+        DEFAULT_JSON.parent.mkdir(exist_ok=True)
+        return DEFAULT_JSON
+    return _LazyJsonFile()
+
+
 def _interpreter_active() -> bool:
-    for name in ("structprune_triton.config", "structprune_triton._backend"):
-        if getattr(sys.modules.get(name), "INTERPRET", False):
-            return True
-    return False
+    return bool(getattr(sys.modules.get("structprune_triton.config"), "INTERPRET", False))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -78,7 +90,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.hookimpl(tryfirst=True)  # before pytest-benchmark reads its options
 def pytest_configure(config: pytest.Config) -> None:
     SETTINGS.quick = bool(config.getoption("--bench-quick"))
-    SETTINGS.compile_backend = config.getoption("--bench-compile-backend")
+    SETTINGS.compile_backend_option = config.getoption("--bench-compile-backend")
     SETTINGS.benchmark_disabled = bool(getattr(config.option, "benchmark_disable", False))
     SETTINGS.threads = tuple(int(n) for n in str(config.getoption("--bench-threads")).split(",") if n.strip())
     if not SETTINGS.cuda:
@@ -86,7 +98,7 @@ def pytest_configure(config: pytest.Config) -> None:
         if getattr(config.option, "benchmark_timer", None) == "time.perf_counter":  # pytest-benchmark's default
             config.option.benchmark_timer = "time.process_time"
     if not SETTINGS.benchmark_disabled and getattr(config.option, "benchmark_json", None) is None:
-        config.option.benchmark_json = _DefaultJson()
+        config.option.benchmark_json = default_json(importlib.metadata.version("pytest-benchmark"))
     # Every (shape, dtype) compiles its own graph (dynamic=False); the default limits (8 per code
     # object) would make later cases fall back to eager silently.
     from torch._dynamo import config as dynamo_config
@@ -117,8 +129,13 @@ def _seed_and_sync():
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     device = torch.device(SETTINGS.device)
-    info = dict(environment.versions(device))
-    info.update(quick=SETTINGS.quick, compile_backend=SETTINGS.backend, threads=list(SETTINGS.threads))
+    info = dict(run_info.describe(device))
+    info.update(
+        quick=SETTINGS.quick,
+        compile_backend=SETTINGS.compile_backend,
+        threads=list(SETTINGS.threads),
+        command=shlex.join(["python", "-m", "pytest", *config.invocation_params.args]),
+    )
     if not SETTINGS.benchmark_disabled:
-        info["copy_gbps"] = environment.copy_bandwidth(device)
+        info["copy_gbps"] = run_info.copy_bandwidth(device)
     machine_info["structprune_bench"] = info

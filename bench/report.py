@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Turn a ``pytest bench`` run (pytest-benchmark's JSON) into ``report.md`` (a table per benchmark
-group, and a summary) and ``report.png`` (speed-ups; skipped with a message without matplotlib).
+"""Turn a ``pytest bench`` run (pytest-benchmark's JSON) and a ``bench/skip_models.py --json`` run
+into ``report.md`` (a table per benchmark group, a summary, the training-step table) and plots.
 
-    python bench/report.py [RUN.json] [--out DIR]      # defaults: bench/out/run.json, bench/out/
+    python bench/report.py [RUN.json] [--skip-json SKIP.json] [--out DIR] [--plots DIR]
+    # defaults: bench/out/run.json, bench/out/skip_models.json (if present), bench/out/, --out
 
-Needs only the standard library (and matplotlib for the PNG): it runs anywhere the JSON is.
+Plots (matplotlib; skipped with a message without it), each captioned with the run it came from
+(file, date, machine, versions, command): ``bench_per_call.png`` (ours eager / upstream eager per
+call, with its spread, per case), ``bench_implementations.png`` (every implementation against
+upstream eager), ``skip_training_step.png`` (time per training step of every skip_models variant).
 
 Every time shown is what pytest-benchmark measured (its ``stats``: median and interquartile range
 per call), except the CUDA-only "device time" column, which is ``triton.testing.do_bench``'s median
@@ -18,8 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
+
+from structprune_triton.timing import Spread
 
 HERE = Path(__file__).resolve().parent
 IMPL_ORDER = ["upstream-eager", "upstream-compiled", "ours-eager", "ours-compiled", "copy"]
@@ -42,8 +49,7 @@ def fmt_ratio(x: float | None) -> str:
 
 def fmt_spread(r: dict) -> str:
     """``0.98x [0.95-1.01] same``: median [quartiles] of upstream time / ours; "same" when they hold 1."""
-    verdict = "same" if r["q1"] <= 1.0 <= r["q3"] else ("faster" if r["median"] > 1 else "slower")
-    return f"{r['median']:.2f}x [{r['q1']:.2f}-{r['q3']:.2f}] {verdict}"
+    return str(Spread(r["median"], r["q1"], r["q3"]))
 
 
 class Entry:
@@ -177,67 +183,96 @@ def group_table(g: str, es: list[Entry], copy_gbps: float | None, cuda: bool) ->
     return [*lines, ""]
 
 
-def render_markdown(data: dict, groups: dict[str, list[Entry]]) -> str:
+def render_markdown(data: dict, groups: dict[str, list[Entry]], images: list[str]) -> str:
     m = (data.get("machine_info") or {}).get("structprune_bench") or {}
     cuda = any(e.device is not None for es in groups.values() for e in es)
     threads = sorted({n for es in groups.values() for e in es for n in e.interleaved}, key=int)
-    lines = header(data) + legend(cuda) + summary(groups, threads)
+    lines = header(data) + [*images, ""] * bool(images) + legend(cuda) + summary(groups, threads)
     for g, es in groups.items():
         lines += group_table(g, es, m.get("copy_gbps"), cuda)
     return "\n".join(lines)
 
 
-def render_png(groups: dict[str, list[Entry]], path: Path) -> bool:
-    try:
-        import matplotlib
+def shown(path: Path) -> str:
+    """``path`` as the caption names it: relative to the repository root when inside it."""
+    path = path.resolve()
+    return str(path.relative_to(HERE.parent)) if path.is_relative_to(HERE.parent) else str(path)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+def caption(path: Path, data: dict) -> str:
+    """The run a bench plot comes from: file, date, commit, machine, versions, command."""
+    m = (data.get("machine_info") or {}).get("structprune_bench") or {}
+    commit = ((data.get("commit_info") or {}).get("id") or "")[:10]
+    parts = [f"run {shown(path)}", data.get("datetime", "?")[:16].replace("T", " ") + " UTC"]
+    parts += [f"commit {commit}"] if commit else []
+    parts += [m.get("device", "?"), m.get("versions", "?"), f"compile backend {m.get('compile_backend', '?')}"]
+    return "; ".join(parts) + f"; command: {m.get('command', 'python -m pytest bench')}"
+
+
+def per_call_rows(groups: dict[str, list[Entry]]) -> tuple[list[tuple[str, dict]], str]:
+    """Per case, ours eager against upstream eager: the interleaved spreads (CPU), else the ratio of
+    the two medians (CUDA: device times), as a spread of one value."""
+    rows, interleaved = [], False
+    for g, es in groups.items():
+        by = {e.impl: e for e in es}
+        ours = by.get("ours-eager")
+        if ours is None:
+            continue
+        series = {}
+        for key, label in (
+            (ours.interleaved, "{n} thread(s)"),
+            (ours.interleaved_upstream_zeros, "exact_zeros=False, {n} thread(s)"),
+        ):
+            for n, r in key.items():
+                series[label.format(n=n)] = (r["median"], r["q1"], r["q3"])
+        interleaved |= bool(series)
+        s = speedup(by.get("upstream-eager"), ours)
+        if not series and s is not None:
+            series["ratio of medians"] = (s, s, s)
+        if series:
+            rows.append((g.replace(" | ", ", "), series))
+    how = "interleaved blocks, process CPU time" if interleaved else "ratio of medians"
+    return rows, f"ours eager vs upstream eager, per call ({how})"
+
+
+def draw(
+    groups: dict[str, list[Entry]], data: dict, run_path: Path, skip: tuple[Path, dict] | None, plots: Path
+) -> list[tuple[Path, str]]:
+    """Write the PNGs; returns (path, caption) of each."""
+    try:
+        import report_plots
     except ImportError:
-        print(f"matplotlib is not installed: skipping {path}")
-        return False
-    by_op: dict[str, list[tuple[str, list[Entry]]]] = {}
+        print(f"matplotlib is not installed: no plots written to {plots}")
+        return []
+    out = []
+    cap = caption(run_path, data)
+    rows, title = per_call_rows(groups)
+    if rows:
+        out.append((report_plots.per_call(rows, title, cap, plots / "bench_per_call.png"), cap))
+    ops: dict[str, list[tuple[str, dict[str, float]]]] = {}
     for g, es in groups.items():
         op = es[0].op if es[0].op in ("fss_fwd", "fss_fwdbwd", "bias_hook") else "layers"
-        by_op.setdefault(op, []).append((g, es))
-    impls = [i for i in IMPL_ORDER if any(e.impl == i for es in groups.values() for e in es)]
-    fig, axes = plt.subplots(len(by_op), 1, figsize=(12, 3.4 * len(by_op) + 0.6), squeeze=False)
-    width = 0.8 / max(1, len(impls))
-    for ax, (op, glist) in zip(axes[:, 0], by_op.items(), strict=True):
-        for gi, (_, es) in enumerate(glist):
-            base = next((e for e in es if e.impl == "upstream-eager"), None)
-            for ii, impl in enumerate(impls):
-                s = speedup(base, next((e for e in es if e.impl == impl), None))
-                if s is not None:
-                    ax.bar(
-                        gi + (ii - (len(impls) - 1) / 2) * width,
-                        s,
-                        width,
-                        color=f"C{ii}",
-                        label=impl if gi == 0 else None,
-                    )
-        ax.axhline(1.0, color="k", lw=0.8)
-        ax.set_yscale("log", base=2)
-        ax.set_title(f"{op}: × vs upstream eager (higher is faster)", fontsize=10, loc="left")
-        ax.set_xticks(range(len(glist)))
-        ax.set_xticklabels([g.split(" | ", 1)[-1].replace(" | ", "\n") for g, _ in glist], fontsize=7)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+        base = next((e for e in es if e.impl == "upstream-eager"), None)
+        speedups = {e.impl: s for e in es if e is not base and (s := speedup(base, e)) is not None}
+        ops.setdefault(op, []).append((g.split(" | ", 1)[-1].replace(" | ", "\n"), speedups))
+    impls = [i for i in IMPL_ORDER[1:] if any(e.impl == i for es in groups.values() for e in es)]
+    out.append((report_plots.implementations(ops, impls, cap, plots / "bench_implementations.png"), cap))
+    if skip:
+        import skip_models
+
+        cap = f"run {shown(skip[0])}; {skip_models.describe(skip[1])}"
+        out.append((report_plots.training_steps(skip[1], cap, plots / "skip_training_step.png"), cap))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", type=Path, nargs="?", default=HERE / "out" / "run.json", help="pytest-benchmark JSON")
     ap.add_argument(
-        "json",
-        type=Path,
-        nargs="?",
-        default=HERE / "out" / "run.json",
-        help="pytest-benchmark JSON (default: bench/out/run.json, what `pytest bench` writes)",
+        "--skip-json", type=Path, help="a `skip_models.py --json` run (default: bench/out/skip_models.json if present)"
     )
-    ap.add_argument("--out", type=Path, default=HERE / "out", help="output directory (default: bench/out)")
+    ap.add_argument("--out", type=Path, default=HERE / "out", help="directory of report.md (default: bench/out)")
+    ap.add_argument("--plots", type=Path, help="directory of the PNGs (default: --out)")
     ap.add_argument("--no-png", action="store_true", help="write only report.md")
     args = ap.parse_args(argv)
     with open(args.json) as f:
@@ -246,12 +281,23 @@ def main(argv: list[str] | None = None) -> int:
     if not groups:
         print(f"{args.json}: no benchmarks in this file (was it run with --benchmark-disable?)", file=sys.stderr)
         return 1
+    skip_path = args.skip_json or (HERE / "out" / "skip_models.json")
+    skip = (skip_path, json.loads(skip_path.read_text())) if args.skip_json or skip_path.exists() else None
     args.out.mkdir(parents=True, exist_ok=True)
-    md = args.out / "report.md"
-    md.write_text(render_markdown(data, groups) + "\n")
-    print(f"wrote {md} ({len(groups)} groups)")
-    if not args.no_png and render_png(groups, args.out / "report.png"):
-        print(f"wrote {args.out / 'report.png'}")
+    plots = args.plots or args.out
+    images = [] if args.no_png else draw(groups, data, args.json, skip, plots)
+    links = [f"![{cap}]({os.path.relpath(p, args.out)})" for p, cap in images]
+    md = render_markdown(data, groups, links)
+    if skip:
+        import skip_models
+
+        run = skip[1]
+        md += f"\n## Training step ({run['threads']} torch thread(s)): `{run['command']}`\n\n"
+        md += "\n".join(skip_models.table(run)) + "\n"
+    (args.out / "report.md").write_text(md + "\n")
+    print(f"wrote {args.out / 'report.md'} ({len(groups)} groups)")
+    for p, _ in images:
+        print(f"wrote {p}")
     return 0
 
 

@@ -1,20 +1,22 @@
 """Training-step time of pruned models: masked dense, row skipping, chain skipping, physically pruned.
 
-The models of :func:`cases`, pruned by ``structprune_triton.pruner.SaliencyPruner`` (masks set by its
-``step()``), one training step = forward, backward, SGD step. Variants:
+Every model of :func:`cases` is prepared by ``structprune_triton.pruner.SaliencyPruner`` (masks set by
+its ``step()``); one training step is forward, backward, SGD step. Each entry of :data:`VARIANTS`
+turns the masked model into the model it trains:
 
-* masked dense: the prepared model as is;
+* masked dense: the prepared model as is (the baseline);
 * rows: ``skip_masked_rows(model, chains=False)``;
 * chains: ``skip_masked_rows(model)``;
 * pruned: ``pruner.prune()`` (smaller dense layers).
 
-Variants run interleaved (one step of each per round, order rotating), timed by
-``time.process_time`` (CPU time of the process, all threads: less sensitive to other processes than
-wall time). Reported: median and interquartile range per step, and the speed-up over masked dense.
-Every variant's first output is checked against masked dense before timing.
+The variants run interleaved (``structprune_triton.timing.interleaved``: one step of each per round
+after untimed warm-up steps, order rotating), timed by the process's CPU time. Reported: the median
+and interquartile range per step, and the speed-up over masked dense (per round, masked dense's
+time / the variant's; median [quartiles]). Every variant's first output is checked against masked
+dense before timing. ``--json PATH`` writes the run (every round's times, and their median and
+quartiles) for ``bench/report.py``.
 
-    python bench/skip_models.py                # full sizes, 2 torch threads
-    python bench/skip_models.py --threads 1
+    python bench/skip_models.py --threads 1 --json bench/out/skip_models.json
     python bench/skip_models.py --quick        # CI-sized sanity run (seconds)
     python bench/skip_models.py --keep-memory  # glibc keeps freed memory (see keep_freed_memory)
 """
@@ -24,20 +26,19 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import platform
-import statistics
-import time
+import json
+import shlex
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structprune_triton import skip_masked_rows
+from structprune_triton import run_info, skip_masked_rows, timing
 from structprune_triton.pruner import SaliencyPruner
 from structprune_triton.skip import LiveRowsForward
-
-VARIANTS = ("masked dense", "rows", "chains", "pruned")
 
 
 def mlp(width: int, hidden: int) -> nn.Module:
@@ -187,6 +188,29 @@ def cases(quick: bool) -> list[tuple[str, Callable[[], nn.Module], list[str], fl
     ]
 
 
+# A variant: (masked model, its pruner, skip_masked_rows keyword arguments) -> the model it trains.
+Build = Callable[[nn.Module, SaliencyPruner, dict], nn.Module]
+
+
+def _rows(model: nn.Module, pruner: SaliencyPruner, skip: dict) -> nn.Module:
+    skip_masked_rows(model, chains=False, **skip)
+    return model
+
+
+def _chains(model: nn.Module, pruner: SaliencyPruner, skip: dict) -> nn.Module:
+    skip_masked_rows(model, **skip)
+    return model
+
+
+VARIANTS: dict[str, Build] = {
+    "masked dense": lambda model, pruner, skip: model,
+    "rows": _rows,
+    "chains": _chains,
+    "pruned": lambda model, pruner, skip: pruner.prune(),
+}
+BASELINE = "masked dense"
+
+
 def build(variant: str, factory: Callable[[], nn.Module], layers: list[str], density: float, quick: bool) -> nn.Module:
     torch.manual_seed(0)
     model = factory()
@@ -194,15 +218,8 @@ def build(variant: str, factory: Callable[[], nn.Module], layers: list[str], den
     config = layers(model) if callable(layers) else [{"tensor_fqn": f"{name}.weight"} for name in layers]
     pruner.prepare(model, config)
     pruner.step()  # masks: the rows of smallest L1 norm die
-    small = {"min_numel": 0, "row_multiple": 8} if quick else {}
-    if variant == "rows":
-        skip_masked_rows(model, chains=False, **small)
-    elif variant == "chains":
-        skip_masked_rows(model, **small)
-    elif variant == "pruned":
-        skip_masked_rows(model, enabled=False)
-        model = pruner.prune()
-    return model
+    small = {"min_numel": 0, "row_multiple": 8} if quick else {}  # let the tiny quick models skip too
+    return VARIANTS[variant](model, pruner, small)
 
 
 def skipping(model: nn.Module) -> str:
@@ -225,32 +242,23 @@ def step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
 
 
 def measure(name, factory, layers, density, shape, rounds: int, quick: bool) -> tuple[dict[str, list[float]], str]:
-    """Per-step process times of every variant, and what the skipping variants skip."""
+    """Seconds per step of every variant, one entry per round, and what the skipping variants skip."""
     torch.manual_seed(1)
     x = torch.randn(shape)
     steps, first, skips = {}, {}, []
     for variant in VARIANTS:
         model = build(variant, factory, layers, density, quick)
-        if variant in ("rows", "chains"):
+        if any(isinstance(m.__dict__.get("forward"), LiveRowsForward) for m in model.modules()):
             skips.append(f"{variant}: {skipping(model)}")  # e.g. "chains: rows 3, input columns 2"
         with torch.no_grad():
             first[variant] = model(x)
         steps[variant] = step_fn(model, x)
-    for variant in VARIANTS[1:]:  # same function as masked dense before any step
-        err = (first[variant] - first["masked dense"]).abs().max().item()
-        scale = first["masked dense"].abs().max().item()
-        if not err <= 1e-4 * max(scale, 1.0):
-            raise AssertionError(f"{name}: {variant} differs from masked dense by {err:.3g}")
-    for step in steps.values():  # warm-up
-        step()
-    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    for r in range(rounds):
-        order = VARIANTS[r % 4 :] + VARIANTS[: r % 4]
-        for variant in order:
-            t0 = time.process_time()
-            steps[variant]()
-            times[variant].append(time.process_time() - t0)
-    return times, "; ".join(skips)
+    scale = max(first[BASELINE].abs().max().item(), 1.0)
+    for variant, out in first.items():  # the same function as masked dense before any step
+        err = (out - first[BASELINE]).abs().max().item()
+        if not err <= 1e-4 * scale:
+            raise AssertionError(f"{name}: {variant} differs from {BASELINE} by {err:.3g}")
+    return timing.interleaved(steps, rounds=rounds), "; ".join(skips)
 
 
 def keep_freed_memory() -> None:
@@ -264,53 +272,88 @@ def keep_freed_memory() -> None:
         raise RuntimeError("mallopt refused the settings")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        return f"{names[0]}, {len(names)} cores visible" if names else platform.machine()
-    except OSError:
-        return platform.processor() or platform.machine()
+def table_header(variants: list[str]) -> list[str]:
+    return ["| model | " + " | ".join(variants) + " |", "|---" * (len(variants) + 1) + "|"]
 
 
-def summary(samples: list[float]) -> tuple[float, float, float]:
-    q = statistics.quantiles(samples, n=4) if len(samples) > 1 else [samples[0]] * 3
-    return statistics.median(samples), q[0], q[2]
+def table_row(case: dict, variants: list[str]) -> str:
+    """``| name | 841 ms [762-924] | 447 ms [407-485] (1.88x [1.80-1.95] faster) | ...``: per variant
+    the median [IQR] per step, and the speed-up over the baseline per round."""
+    cells = []
+    for v in variants:
+        t = case["step_s"][v]
+        c = f"{t['median'] * 1e3:.3g} ms [{t['q1'] * 1e3:.3g}-{t['q3'] * 1e3:.3g}]"
+        cells.append(c + (f" ({timing.Spread(**case['vs_baseline'][v])})" if v in case["vs_baseline"] else ""))
+    return f"| {case['name']} | " + " | ".join(cells) + " |"
 
 
-def main(argv: list[str] | None = None) -> list[tuple[str, dict[str, list[float]], str]]:
+def describe(run: dict) -> str:
+    """Date, machine, versions, timing and command of a run, in one line (a plot's caption)."""
+    memory = ", glibc keeps freed memory" if run["keep_memory"] else ""
+    return (
+        f"{run['date']}; {run['device']}; {run['versions']}; {run['rounds']} interleaved rounds, "
+        f"{run['clock']}{memory}; command: {run['command']}"
+    )
+
+
+def table(run: dict) -> list[str]:
+    """The markdown table of a run (what ``main`` prints, and ``bench/report.py`` writes)."""
+    rows = [table_row(case, run["variants"]) for case in run["cases"]]
+    legend = f"Median [interquartile range] per training step; (x): per round, {run['baseline']}'s time / this one's."
+    return [*table_header(run["variants"]), *rows, "", legend]
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 15, quick 3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 11, quick 3)")
     parser.add_argument("--quick", action="store_true", help="small models, few rounds: a sanity run")
     parser.add_argument("--keep-memory", action="store_true", help="glibc malloc keeps freed memory (Linux)")
+    parser.add_argument("--json", type=Path, help="also write the run (every round's times) to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.keep_memory:
         keep_freed_memory()
-    rounds = args.rounds or (3 if args.quick else 15)
+    rounds = args.rounds or (3 if args.quick else 11)
+    machine = dict(run_info.describe("cpu"))
+    run = {
+        "command": shlex.join(["python", "bench/skip_models.py", *(sys.argv[1:] if argv is None else argv)]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": machine["device"],
+        "versions": machine["versions"],
+        "clock": timing.clock_name("cpu"),
+        "threads": torch.get_num_threads(),
+        "rounds": rounds,
+        "keep_memory": args.keep_memory,
+        "baseline": BASELINE,
+        "variants": list(VARIANTS),
+        "cases": [],
+    }
+    print(f"# {run['date']}; {run['device']}; {run['versions']}")
     print(
-        f"# {datetime.date.today()}, torch {torch.__version__}, {cpu_name()}, "
-        f"{torch.get_num_threads()} torch threads, {rounds} interleaved rounds, process time per training step"
+        f"# {rounds} interleaved rounds, {run['clock']} per training step"
         + (", glibc keeps freed memory" if args.keep_memory else "")
     )
-    print("| model | " + " | ".join(VARIANTS) + " |")
-    print("|---" * (len(VARIANTS) + 1) + "|")
-    results, notes = [], []
+    print("\n".join(table_header(run["variants"])))
     for name, factory, layers, density, shape in cases(args.quick):
         times, skips = measure(name, factory, layers, density, shape, rounds, args.quick)
-        notes.append(f"{name}: number of layers skipping {skips}")
-        base = statistics.median(times["masked dense"])
-        cells = []
-        for variant in VARIANTS:
-            med, lo, hi = summary(times[variant])
-            speed = "" if variant == "masked dense" else f" ({base / med:.2f}x)"
-            cells.append(f"{med * 1e3:.0f} ms [{lo * 1e3:.0f}-{hi * 1e3:.0f}]{speed}")
-        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
-        results.append((name, times, skips))
-    print("\nMedian [interquartile range] per training step; (x): speed-up over masked dense.")
-    print("\n".join(notes))
-    return results
+        case = {
+            "name": name,
+            "density": density,
+            "skipping": skips,
+            "times_s": times,
+            "step_s": {v: timing.Spread.of(t).as_dict() for v, t in times.items()},
+            "vs_baseline": {v: s.as_dict() for v, s in timing.ratios(times, BASELINE).items()},
+        }
+        run["cases"].append(case)
+        print(table_row(case, run["variants"]), flush=True)
+    print("\n" + table(run)[-1])
+    print("\n".join(f"{c['name']}: layers skipping {c['skipping']}" for c in run["cases"]))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(run, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return run["cases"]
 
 
 if __name__ == "__main__":

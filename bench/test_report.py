@@ -1,4 +1,4 @@
-"""bench/report.py on a tiny synthetic pytest-benchmark JSON (no torch, no timing)."""
+"""bench/report.py on tiny synthetic runs (a pytest-benchmark JSON, a skip_models.py JSON): no timing."""
 
 from __future__ import annotations
 
@@ -62,11 +62,42 @@ def _synthetic(path: Path, cuda: bool = False) -> Path:
     return path
 
 
-def test_report_markdown_and_png(tmp_path):
+def _skip_run(path: Path) -> Path:
+    step = {"median": 0.2, "q1": 0.19, "q3": 0.22}
+    case = {
+        "name": "MLP tiny, d=0.5",
+        "density": 0.5,
+        "skipping": "chains: rows 1, input columns 1",
+        "times_s": {v: [0.2] for v in ("masked dense", "chains", "compact")},
+        "step_s": {"masked dense": step, "chains": {"median": 0.1, "q1": 0.09, "q3": 0.11}, "compact": step},
+        "vs_baseline": {
+            "chains": {"median": 2.0, "q1": 1.9, "q3": 2.1},
+            "compact": {"median": 1.0, "q1": 0.9, "q3": 1.1},
+        },
+    }
+    run = {
+        "command": "python bench/skip_models.py --json x.json",
+        "date": "2026-11-29 00:00 UTC",
+        "device": "cpu (FakeCPU, 2 cores)",
+        "versions": "torch 2.99.0",
+        "clock": "process CPU time",
+        "threads": 1,
+        "rounds": 1,
+        "keep_memory": False,
+        "baseline": "masked dense",
+        "variants": ["masked dense", "chains", "compact"],  # a later variant is drawn and tabled too
+        "cases": [case, {**case, "name": "Conv tiny, d=0.5"}],
+    }
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_report_markdown_and_plots(tmp_path):
     run = _synthetic(tmp_path / "run.json")
+    skip = _skip_run(tmp_path / "skip.json")
     out = tmp_path / "rep"
     proc = subprocess.run(
-        [sys.executable, str(REPORT), str(run), "--out", str(out)],
+        [sys.executable, str(REPORT), str(run), "--skip-json", str(skip), "--out", str(out), "--plots", str(out / "p")],
         check=False,
         capture_output=True,
         text=True,
@@ -91,12 +122,20 @@ def test_report_markdown_and_png(tmp_path):
     # the interleaved comparison, per thread count, with its spread; 1 thread is flagged (1/0.8 = 1.25x)
     assert "| 0.80x [0.75-0.85] slower | 1.00x [0.95-1.05] same | 1.20x [1.10-1.30] faster |  |" in md
     assert "1 case(s) where ours eager takes more than 1.10x" in md and "1 thread(s): 1.25x" in md
+    # the skip_models run: every variant, the per-round speed-up with its verdict
+    assert "| masked dense | chains | compact |" in md
+    assert "| Conv tiny, d=0.5 | 200 ms [190-220] | 100 ms [90-110] (2.00x [1.90-2.10] faster) |" in md
+    assert "(1.00x [0.90-1.10] same) |" in md
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         assert "matplotlib is not installed" in proc.stdout
-    else:
-        assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        return
+    for name in ("bench_per_call.png", "bench_implementations.png", "skip_training_step.png"):
+        assert (out / "p" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert f"](p/{name})" in md  # linked from report.md, with its run in the alt text
+    assert "![run " in md and "command: python bench/skip_models.py --json x.json" in md
+    assert "2026-11-29 00:00 UTC; commit 0123456789" in md
 
 
 def test_report_uses_device_time_on_cuda(tmp_path):
@@ -112,10 +151,11 @@ def test_report_uses_device_time_on_cuda(tmp_path):
 def test_report_without_matplotlib(tmp_path, monkeypatch, capsys):
     report = _load_report()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "report_plots", None)  # (if an earlier test imported it)
     run = _synthetic(tmp_path / "run.json")
     assert report.main([str(run), "--out", str(tmp_path / "rep")]) == 0
     assert "matplotlib is not installed" in capsys.readouterr().out
-    assert (tmp_path / "rep" / "report.md").exists() and not (tmp_path / "rep" / "report.png").exists()
+    assert (tmp_path / "rep" / "report.md").exists() and not list((tmp_path / "rep").glob("*.png"))
 
 
 def test_report_empty_run(tmp_path):

@@ -23,4 +23,4 @@ def test_tune_tiles_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     table = (tmp_path / "tiles.md").read_text()
     assert "0 wrong outputs" in table
-    assert table.count("**policy**") == 3  # one row per case for the tile launch._gpu_tiles picks
+    assert table.count("**policy**") == 3  # one row per case for the tile the default settings pick

@@ -30,9 +30,10 @@ if SMOKE:  # must be set before triton (and the package) are imported
 import torch  # noqa: E402
 
 import structprune_triton  # noqa: E402
-from structprune_triton import Settings  # noqa: E402
+from structprune_triton import Settings, run_info  # noqa: E402
 from structprune_triton.launch import dense_3d  # noqa: E402
 from structprune_triton.ops import bias_add, row_mask  # noqa: E402
+from structprune_triton.testing import random_mask  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def inputs(case: TileCase, device: str):
         x = x.to(memory_format=torch.channels_last)
     dim = 0 if case.op == "row_mask" else 1
     bias = None if case.op == "row_mask" else torch.randn(case.shape[dim], device=device, dtype=case.dtype)
-    return x, torch.rand(case.shape[dim], device=device) < 0.5, bias, dim
+    return x, random_mask(case.shape[dim], density=0.5, device=device), bias, dim
 
 
 def plan(case: TileCase, x, mask, bias, dim, dst, s: Settings):
@@ -119,14 +120,6 @@ def time_ms(fn, smoke: bool) -> float:
     return triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median")
 
 
-def copy_gbps(device: str, smoke: bool) -> float | None:
-    if smoke:
-        return None
-    from structprune_triton.environment import copy_bandwidth
-
-    return copy_bandwidth(torch.device(device))
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="also write the table to OUT/tiles.md")
@@ -138,13 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     device = "cpu" if args.smoke else "cuda"
     start = time.monotonic()
-    copy = copy_gbps(device, args.smoke)
-    lines = [
-        f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu (interpreter)'} · "
-        f"torch {torch.__version__} · copy bandwidth {copy:.0f} GB/s"
-        if copy
-        else "device: cpu (interpreter)",
-        "",
+    copy = None if args.smoke else run_info.copy_bandwidth(device)
+    lines = [f"- {key}: {value}" for key, value in run_info.describe(device)]
+    lines += [f"- copy bandwidth: {copy:.0f} GB/s" if copy else "- times: meaningless (interpreter)", ""]
+    lines += [
         "| case | tile rows x width | warps | time | GB/s | % copy | |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -8,7 +8,7 @@ Each variant is a copy of the same model, masked by ``step()`` of a ``SaliencyPr
 (the baseline), ours (masked dense), ours with ``skip_masked_rows`` skipping rows and chains, and the
 physically pruned model (``prune()`` right after the first ``step()``: the speed fine-tuning would
 have if the model were pruned first). Each is fine-tuned in interleaved timed rounds (see
-:mod:`structprune_triton.demo_timing`), then the masks are updated and the model ``prune()``d; the
+:mod:`structprune_triton.timing`), then the masks are updated and the model ``prune()``d; the
 demo checks that the pruned model computes what the masked model did (exit status 1 on FAIL).
 """
 
@@ -29,10 +29,10 @@ from torch import Tensor, nn
 from torch.ao.pruning._experimental import pruner as upstream_pruner
 
 import structprune_triton
-from structprune_triton import demo_timing as timing
 from structprune_triton import pruner as our_pruner
+from structprune_triton import timing
 from structprune_triton.demo_model import IMAGE_SIZE, PRUNE_CONFIG, SmallCNN, count_params, synthetic_data
-from structprune_triton.environment import versions
+from structprune_triton.run_info import describe
 
 LR = 0.01
 # Pruned vs masked output, fp32: the pruned model sums fewer terms (the dropped ones were exact
@@ -41,18 +41,12 @@ LR = 0.01
 TOLERANCE = 1e-4
 
 
-class Progress:
-    """Prints one line per phase, prefixed with the seconds since the demo started."""
-
-    start = time.perf_counter()
-
-    @classmethod
-    def reset(cls) -> None:
-        cls.start = time.perf_counter()
+_start = time.perf_counter()
 
 
 def progress(message: str) -> None:
-    print(f"[{time.perf_counter() - Progress.start:6.1f}s] {message}", flush=True)
+    """One line per phase, prefixed with the seconds since the demo started."""
+    print(f"[{time.perf_counter() - _start:6.1f}s] {message}", flush=True)
 
 
 @contextlib.contextmanager
@@ -148,7 +142,7 @@ class Variant:
         self.pruned_out = out
 
 
-def run(variants: list[Variant], data: list, args: argparse.Namespace) -> list[list[float]]:
+def run(variants: list[Variant], data: list, args: argparse.Namespace) -> dict[str, list[float]]:
     """Warm up each variant, time them in interleaved rounds, then prune and check each."""
     images, labels = data[0]
     for v in variants:
@@ -157,7 +151,8 @@ def run(variants: list[Variant], data: list, args: argparse.Namespace) -> list[l
         progress(f"{v.label}: {args.warmup} warm-up steps" + (" (compiles)" if v.compiled else ""))
         v.warm_up(args.warmup)
     progress(f"{args.rounds} rounds x {args.steps} steps per variant, interleaved, {len(variants)} variants")
-    times = timing.interleaved_rounds([v.step for v in variants], args.rounds, args.steps, timing.clock(images.device))
+    steps = {v.label: v.step for v in variants}
+    times = timing.interleaved(steps, rounds=args.rounds, number=args.steps, device=images.device)
     for v in variants:
         v.loss[1] = v.eval_loss(images, labels)
         v.finish(images)
@@ -174,12 +169,11 @@ def print_report(
     device: torch.device,
     params_before: int,
     variants: list[Variant],
-    times: list[list[float]],
+    times: dict[str, list[float]],
 ) -> None:
     print("\nstructprune_triton demo: SaliencyPruner on a small CNN with synthetic data")
-    for key, value in versions(device):
+    for key, value in describe(device):
         print(f"  {key:<9} {value}")
-    clock = "process CPU time" if device.type == "cpu" else "wall time between device syncs"
     print(
         f"  setup     batch {args.batch_size}x3x{IMAGE_SIZE}x{IMAGE_SIZE}, width {args.width}, sparsity "
         f"{args.sparsity}, {args.rounds} rounds x {args.steps} steps after {args.warmup} warm-up, "
@@ -191,22 +185,26 @@ def print_report(
     )
     print(header)
     print("-" * len(header))
-    base = times[0]
-    for v, t in zip(variants, times, strict=True):
-        ratio = "baseline" if t is base else timing.describe_ratio([b / x for b, x in zip(base, t, strict=True)])
+    spreads = timing.ratios(times, variants[0].label)
+    for v in variants:
+        ratio = str(spreads[v.label]) if v.label in spreads else "baseline"
         graphs = f"{v.counter.graphs}/{v.counter.breaks}" if v.counter else "-"
         compile_s = f"{v.compile_s:.1f}" if v.compiled else "-"
         check = "-" if v.pruned_first else ("PASS" if v.passed else "FAIL")
         loss = f"{v.loss[0]:.3f}->{v.loss[1]:.3f}"
+        mode, ms = "compiled" if v.compiled else "eager", 1e3 * statistics.median(times[v.label])
         print(
-            f"{v.name:<22} {'compiled' if v.compiled else 'eager':<8} {1e3 * statistics.median(t):>8.2f}  "
-            f"{ratio:<27} {graphs:>13} {compile_s:>9} {loss:>18} {v.params_after:>7,} {check:>5}"
+            f"{v.name:<22} {mode:<8} {ms:>8.2f}  {ratio:<27} {graphs:>13} {compile_s:>9} {loss:>18} "
+            f"{v.params_after:>7,} {check:>5}"
         )
-    print(f"ms/step: median over rounds of a training step's {clock} (forward, backward, SGD update).")
-    print("vs upstream eager: per round, upstream eager's time / this row's; median [interquartile range];")
-    print("  'same' when the range contains 1.0. graphs/breaks: graphs Dynamo compiled for this row alone")
-    print("  (its own code object and backend) and graph breaks. params: after prune(). pruned model: pruned")
-    print("  right after the first step(), then fine-tuned (no mask, nothing to check).")
+    print(
+        f"ms/step: median over rounds of a training step's {timing.clock_name(device)} (forward, backward, SGD\n"
+        "  update); per round, a block of --steps steps of each variant after 2 untimed ones, order rotating.\n"
+        "vs upstream eager: per round, upstream eager's time / this row's; median [interquartile range];\n"
+        "  'same' when the range contains 1.0. graphs/breaks: graphs Dynamo compiled for this row alone\n"
+        "  (its own code object and backend) and graph breaks. params: after prune(). pruned model: pruned\n"
+        "  right after the first step(), then fine-tuned (no mask, nothing to check)."
+    )
     eager_skips = [v for v in variants if v.skipping is not None and not v.compiled]
     skips = [f"{v.name} {v.skipping} of {len(PRUNE_CONFIG)}" for v in eager_skips]
     if skips:
@@ -284,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.compile = device.type == "cuda"
     if device.type == "cpu" and args.threads > 0:
         torch.set_num_threads(args.threads)
-    Progress.reset()
+    global _start
+    _start = time.perf_counter()
     progress(f"device {device}, torch.compile {'on' if args.compile else 'off'}")
     torch.manual_seed(args.seed)
     base = SmallCNN(args.width).to(device)

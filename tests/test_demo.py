@@ -97,27 +97,6 @@ def test_bad_arguments_are_rejected(argv: list[str], capsys: pytest.CaptureFixtu
     assert argv[0] in capsys.readouterr().err
 
 
-def test_ratio_spread_says_same_only_when_the_range_holds_one() -> None:
-    from structprune_triton.demo_timing import describe_ratio, ratio_spread
-
-    assert ratio_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == (3.0, 2.0, 4.0)
-    assert describe_ratio([0.9, 1.0, 1.1, 1.2]).endswith(" same")
-    assert describe_ratio([1.2, 1.3, 1.4]).endswith(" faster")
-    assert describe_ratio([0.7, 0.8, 0.85]).endswith(" slower")
-
-
-def test_interleaved_rounds_rotate_the_order() -> None:
-    from structprune_triton.demo_timing import interleaved_rounds
-
-    calls: list[str] = []
-    ticks = iter(range(1000))
-    times = interleaved_rounds(
-        [lambda: calls.append("a"), lambda: calls.append("b")], rounds=2, per_round=2, now=lambda: float(next(ticks))
-    )
-    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a"]
-    assert times == [[0.5, 0.5], [0.5, 0.5]]  # one tick before and after each block of 2 calls
-
-
 def test_demo_small_run() -> None:
     proc = run_demo(*SMALL, "--no-compile")
     out = proc.stdout
@@ -148,15 +127,16 @@ def test_demo_compiled_rows_are_one_graph_in_any_order() -> None:
             assert row[7] == "1/0", (name, out)  # graphs/breaks
 
 
-def test_environment_header_names_what_serves_the_device() -> None:
+def test_run_info_header_names_what_serves_the_device() -> None:
     import torch
 
     import structprune_triton
-    from structprune_triton.environment import copy_bandwidth, versions
+    from structprune_triton.run_info import copy_bandwidth, describe
 
     cpu = torch.device("cpu")
-    info = dict(versions(cpu))
+    info = dict(describe(cpu))
     assert list(info) == ["device", "kernels", "versions"]
+    assert info["device"].startswith("cpu (") and f"{torch.get_num_threads()} torch threads" in info["device"]
     assert info["kernels"] == structprune_triton.describe_backend(cpu)
     assert f"torch {torch.__version__}" in info["versions"]
     assert f"structprune_triton {structprune_triton.__version__}" in info["versions"]
