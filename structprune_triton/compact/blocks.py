@@ -25,8 +25,11 @@ def _channels_last(t: Tensor) -> bool:
 
 def take(t: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
     """A new tensor holding ``t[rows][:, cols]`` (``None``: all), in ``t``'s memory format."""
-    out = t if rows is None else t.index_select(0, rows)
-    out = out if cols is None else out.index_select(1, cols)
+    if rows is not None and cols is not None:
+        out = t[rows[:, None], cols]  # one pass (on CPU faster than two index_select for large blocks)
+    else:
+        out = t if rows is None else t.index_select(0, rows)
+        out = out if cols is None else out.index_select(1, cols)
     if out is t:
         return t.clone(memory_format=torch.preserve_format)
     return out.contiguous(memory_format=torch.channels_last) if _channels_last(t) else out
@@ -41,9 +44,7 @@ def put(t: Tensor, rows: Tensor | None, cols: Tensor | None, values: Tensor) -> 
     elif rows is None:
         t.index_copy_(1, cols, values)
     else:
-        block = t.index_select(0, rows)
-        block.index_copy_(1, cols, values)
-        t.index_copy_(0, rows, block)
+        t.index_put_((rows[:, None], cols), values)
 
 
 def complement(live: Tensor | None, n: int) -> Tensor | None:
@@ -90,6 +91,9 @@ class Piece:
         self.compact = nn.Parameter(take(full.detach(), rows, cols), requires_grad=full.requires_grad)
         self.records: list[Any] = []
         self.version = self.compact._version
+        # which dead rows / input columns have non-zero Adam moments (see closed.py), found at the
+        # first write-back: a dead entry's moments stay zero or non-zero while the piece lives
+        self.moving: Any = None
 
     def compact_state(self) -> dict[str, Any]:
         """The optimizer state of the compact parameter at compaction, taken from ``full_state``."""
