@@ -133,13 +133,13 @@ def compacted_shapes(opt: torch.optim.Optimizer, model: nn.Module) -> list[tuple
     return [tuple(p.shape) for g in opt.param_groups for p in g["params"] if id(p) not in full]
 
 
-def run_pair(model_name: str, opt_name: str, *, change: bool):
+def run_pair(model_name: str, opt_name: str, *, change: bool, **options):
     """(dense model, pruner, optimizer, losses) and the same trained inside compact_training."""
     dense = prepared(model_name, opt_name)
     compact = prepared(model_name, opt_name)
     xs = batches(model_name)
     dense_losses = train_steps(*dense, xs, change=change)
-    with compact_training(compact[0], compact[2]):
+    with compact_training(compact[0], compact[2], **options):
         first = compacted_shapes(compact[2], compact[0])
         compact_losses = train_steps(*compact, xs, change=change)
         last = compacted_shapes(compact[2], compact[0])
@@ -172,6 +172,18 @@ def test_torch_path(model_name: str) -> None:
     """The same on the pure-torch path (the tests above run the kernels under the interpreter)."""
     with structprune_triton.use_backend("torch"):
         (dm, _, do), dense_losses, (cm, _, co), compact_losses = run_pair(model_name, "adamw-foreach", change=True)
+    torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
+    assert_models_equal(dm, cm)
+    assert_optimizers_equal(do, co)
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_dense_shaped_activations(model_name: str) -> None:
+    """compact_activations=False: every compacted layer takes and gives dense-shaped activations
+    (the path compiled graphs and models without traceable hand-offs use)."""
+    (dm, _, do), dense_losses, (cm, _, co), compact_losses = run_pair(
+        model_name, "sgd-dampening-foreach", change=True, compact_activations=False
+    )
     torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
     assert_models_equal(dm, cm)
     assert_optimizers_equal(do, co)

@@ -30,7 +30,12 @@ __all__ = ["CompactTraining", "SUPPORTED_OPTIMIZERS", "compact_training"]
 
 
 def compact_training(
-    model: nn.Module, optimizer: torch.optim.Optimizer, *, verify: bool = True, allow_distributed: bool = False
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    compact_activations: bool = True,
+    verify: bool = True,
+    allow_distributed: bool = False,
 ) -> CompactTraining:
     """Context manager: train ``model`` with ``optimizer`` on compact live blocks, with the result
     of masked dense training (parameters, dead rows included, and optimizer state)::
@@ -61,4 +66,6 @@ def compact_training(
     ``optimizer.zero_grad()`` work. ``verify`` adds device-side checks (no host sync) that no row or
     input column left out has come alive through an edit the block could not see.
     """
-    return CompactTraining(model, optimizer, verify=verify, allow_distributed=allow_distributed)
+    return CompactTraining(
+        model, optimizer, compact_activations=compact_activations, verify=verify, allow_distributed=allow_distributed
+    )

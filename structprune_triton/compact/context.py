@@ -4,6 +4,7 @@ parameters, watches the masks, and writes everything back exactly (see the packa
 from __future__ import annotations
 
 import functools
+import sys
 import weakref
 from typing import Any
 
@@ -14,11 +15,13 @@ from torch.nn.utils import parametrize
 
 from ..skip import LiveRowsForward, refresh_live_rows
 from ..skip.live import plain_layer, structured_param
-from .blocks import Piece, take
+from .blocks import Piece
 from .forward import CompactForward
+from .handoff import LOST, Segment, find_segments
 from .inputs import live_inputs
-from .replay import Record, replay
-from .support import check_distributed, check_groups, check_optimizer, check_state
+from .replay import Record
+from .support import check_distributed, check_groups, check_optimizer
+from .swap import compact_in, give_back, show, write_back, zero_grads
 
 __all__ = ["CompactTraining"]
 
@@ -33,6 +36,7 @@ class CompactTraining:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
+        compact_activations: bool = True,
         verify: bool = True,
         allow_distributed: bool = False,
     ) -> None:
@@ -41,6 +45,9 @@ class CompactTraining:
         self.model = model
         self.optimizer = optimizer
         self.verify = verify
+        self.compact_activations = compact_activations
+        self.segments: list[Segment] = []
+        self.in_root = False  # inside a call of the root model (compact activations only there)
         self.layers: list[CompactForward] = []
         self._handles: list[Any] = []
         self._zero_grads: dict[nn.Module, Any] = {}
@@ -92,6 +99,12 @@ class CompactTraining:
             layer = CompactForward(self, module, inputs.get(module))
             module.forward = layer
             self.layers.append(layer)
+        if self.compact_activations:
+            self.segments = find_segments(self.model, {layer.module: layer for layer in self.layers})
+        for segment in self.segments:
+            segment.install()
+            segment.producer.segment_out = segment
+            segment.consumer.segment_in = segment
         opt, model = self.optimizer, self.model
         self._handles += [
             opt.register_step_pre_hook(self._before_step),
@@ -101,22 +114,31 @@ class CompactTraining:
             opt.register_load_state_dict_pre_hook(self._before_load),
             opt.register_load_state_dict_post_hook(self._after_load),
             model.register_forward_pre_hook(self._before_forward),
+            model.register_forward_hook(self._after_forward, always_call=True),
         ]
-        for module in model.modules():
+        names = {m: n for n, m in model.named_modules()}
+        under: dict[str, list[CompactForward]] = {}  # module name -> the compacted layers inside it
+        for layer in self.layers:
+            parts = names[layer.module].split(".") if names[layer.module] else []
+            for depth in range(len(parts) + 1):
+                under.setdefault(".".join(parts[:depth]), []).append(layer)
+        for name, module in model.named_modules():
             self._handles += [
                 module.register_state_dict_pre_hook(self._before_state_dict),
                 module.register_load_state_dict_pre_hook(self._before_load),
                 module.register_load_state_dict_post_hook(self._after_load),
             ]
-            under = [layer for layer in self.layers if any(m is layer.module for m in module.modules())]
-            if under:
+            if name in under:  # model.zero_grad() must clear the compact gradients too
                 self._zero_grads[module] = module.__dict__.get("zero_grad")
-                module.zero_grad = functools.partial(self._zero_grad, module, under)
+                module.zero_grad = functools.partial(self._zero_grad, module, under[name])
 
     def _leave(self) -> None:
         try:
             self._uncompact([layer for layer in self.layers if layer.piece is not None])
         finally:
+            for segment in self.segments:
+                segment.uninstall()
+            self.segments = []
             for handle in self._handles:
                 handle.remove()
             self._handles = []
@@ -167,6 +189,8 @@ class CompactTraining:
             for layer, rows, cols in changed:
                 if rows is not None or cols is not None:
                     self._compact(layer, rows, cols)
+            for segment in self.segments:
+                segment.refresh()
             self._remember_masks()
 
     # ---- compaction and write-back -------------------------------------------------------------
@@ -175,44 +199,20 @@ class CompactTraining:
         return [layer.piece for layer in self.layers if layer.piece is not None]
 
     def _compact(self, layer: CompactForward, rows: Any, cols: Any) -> None:
-        full = layer.weight()
-        gi, pi = _locate(self.optimizer, full)
-        piece = Piece(full, rows, cols, gi, None)
-        if not piece.grad_fits():
+        piece = compact_in(self.optimizer, layer.weight(), rows, cols)
+        if piece is None:
             self._retry = True  # the layer trains dense until its gradient is cleared
             return
-        state = self.optimizer.state.pop(full, None)
-        if state:
-            check_state(self.optimizer, state)
-        piece.full_state = state
-        if full.grad is not None:
-            piece.compact.grad = take(full.grad, rows, cols)
-            full.grad = None
-        compact_state = piece.compact_state()
-        if compact_state:
-            self.optimizer.state[piece.compact] = compact_state
-        self.optimizer.param_groups[gi]["params"][pi] = piece.compact
         layer.set_piece(piece)
         if layer.structured:
             layer.read_hook = layer.module.parametrizations.weight.register_forward_pre_hook(self._weight_read)
 
     def _write(self, pieces: list[Piece]) -> None:
-        with torch.no_grad(), torch.inference_mode(False):
-            replay(type(self.optimizer), pieces)
-            for piece in pieces:
-                piece.write_live(self.optimizer.state.get(piece.compact))
+        write_back(self.optimizer, pieces)
 
     def _uncompact(self, layers: list[CompactForward]) -> None:
-        pieces = [layer.piece for layer in layers]
-        self._write(pieces)
-        for layer, piece in zip(layers, pieces, strict=True):
-            with torch.no_grad():
-                piece.full.grad = piece.full_grad()
-            gi, pi = _locate(self.optimizer, piece.compact)
-            self.optimizer.param_groups[gi]["params"][pi] = piece.full
-            self.optimizer.state.pop(piece.compact, None)
-            if piece.full_state:
-                self.optimizer.state[piece.full] = piece.full_state
+        give_back(self.optimizer, [layer.piece for layer in layers])
+        for layer in layers:
             layer.set_piece(None)
             if layer.read_hook is not None:
                 layer.read_hook.remove()
@@ -255,6 +255,19 @@ class CompactTraining:
     def _before_forward(self, module: nn.Module, args: Any) -> None:
         if not torch.compiler.is_compiling():
             self.check()
+            self.in_root = True
+            for segment in self.segments:
+                segment.in_flight = None
+
+    def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
+        if torch.compiler.is_compiling():
+            return
+        self.in_root = False
+        lost = any(segment.in_flight is not None for segment in self.segments)
+        for segment in self.segments:
+            segment.in_flight = None
+        if lost and sys.exc_info()[0] is None:  # (with an exception in flight the forward failed anyway)
+            raise RuntimeError(LOST)
 
     def _weight_read(self, module: nn.Module, args: Any) -> None:
         # module.weight of a compacted layer is being computed (e.g. by a pruner's update_mask):
@@ -282,21 +295,10 @@ class CompactTraining:
 
     def _before_optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> None:
         self.sync()
-        for piece in self._pieces():  # show the full parameters and their state
-            gi, pi = _locate(optimizer, piece.compact)
-            optimizer.param_groups[gi]["params"][pi] = piece.full
-            self._stash[piece] = optimizer.state.pop(piece.compact, None)
-            if piece.full_state:
-                optimizer.state[piece.full] = piece.full_state
+        show(optimizer, self._pieces(), self._stash, full=True)
 
     def _after_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
-        for piece in self._pieces():
-            gi, pi = _locate(optimizer, piece.full)
-            optimizer.param_groups[gi]["params"][pi] = piece.compact
-            optimizer.state.pop(piece.full, None)
-            stashed = self._stash.pop(piece, None)
-            if stashed:
-                optimizer.state[piece.compact] = stashed
+        show(optimizer, self._pieces(), self._stash, full=False)
 
     def _before_load(self, *args: Any) -> None:
         self._uncompact([layer for layer in self.layers if layer.piece is not None])
@@ -308,18 +310,7 @@ class CompactTraining:
     def _zero_grad(self, module: nn.Module, layers: list[CompactForward], set_to_none: bool = True) -> None:
         previous = self._zero_grads.get(module)
         (previous or functools.partial(type(module).zero_grad, module))(set_to_none)
-        for layer in layers:
-            p = layer.piece.compact if layer.piece is not None else None
-            if p is None or p.grad is None:
-                continue
-            if set_to_none:
-                p.grad = None
-            else:
-                if p.grad.grad_fn is not None:
-                    p.grad.detach_()
-                else:
-                    p.grad.requires_grad_(False)
-                p.grad.zero_()
+        zero_grads([layer.piece for layer in layers if layer.piece is not None], set_to_none)
 
     def __repr__(self) -> str:
         lines = [f"  {type(layer.module).__name__}: {layer!r}" for layer in self.layers]
@@ -336,11 +327,3 @@ def _equal(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
     return a.shape == b.shape and bool(torch.equal(a, b))
-
-
-def _locate(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> tuple[int, int]:
-    for gi, group in enumerate(optimizer.param_groups):
-        for pi, p in enumerate(group["params"]):
-            if p is param:
-                return gi, pi
-    raise RuntimeError("compact_training: a compacted parameter is no longer in the optimizer's param groups")

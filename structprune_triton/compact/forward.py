@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from ..ops.row_mask import row_mask
 from ..skip.live import structured_param
 from .blocks import Piece
+from .handoff import Segment
 from .inputs import LiveInputs
 from .spread import pick, spread
 
@@ -51,6 +52,8 @@ class CompactForward:
         self.in_rows: Tensor | None = None  # True for the rows of the piece (verify)
         self.in_cols: Tensor | None = None  # True for the input columns of the piece (verify)
         self.read_hook: Any = None
+        self.segment_out: Segment | None = None  # this layer hands its compact output on
+        self.segment_in: Segment | None = None  # this layer takes a compact input
         self._seen: tuple[Any, int, int] = (None, -1, -1)
 
     # ---- live sets ---------------------------------------------------------------------------
@@ -125,6 +128,10 @@ class CompactForward:
     def _forward(self, x: Tensor, piece: Piece) -> Tensor:
         module = self.module
         rows, cols = piece.rows, piece.cols
+        compiling = torch.compiler.is_compiling()
+        compact_in = not compiling and self.segment_in is not None and self.segment_in.take(x)
+        out = self.segment_out
+        compact_out = not compiling and out is not None and self.ctx.in_root and out.may_emit()
         channel_dim = x.dim() - 1 if self.is_linear else x.dim() - 3
         w = piece.compact
         out_mask = None  # a bool mask applied to the output rather than the weight (cheaper)
@@ -143,10 +150,10 @@ class CompactForward:
                 w = row_mask(w, mask)
         else:
             bias = module.bias
-        if cols is not None:
+        if cols is not None and not compact_in:
             if self.ctx.verify:
                 self._check_inputs(x, channel_dim)
-            x = pick(x, channel_dim, cols, piece.dead_cols)
+            x = pick(x, channel_dim, cols)
         fmt = torch.contiguous_format
         if not self.is_linear and (_channels_last(x) or _channels_last(piece.compact)):
             fmt = torch.channels_last  # the dense convolution's output format
@@ -155,9 +162,22 @@ class CompactForward:
         y = F.linear(x, w, bias) if self.is_linear else module._conv_forward(x, w, bias)
         if out_mask is not None:
             y = torch.where(out_mask, y, 0.0)
+        if compact_out:
+            return out.emit(self._add_bias(y, rows, channel_dim))
         if rows is None:
             return y
-        return spread(y, channel_dim, rows, piece.dead_rows, fmt if y.dim() == 4 else torch.contiguous_format)
+        return spread(y, channel_dim, rows, piece.full.shape[0], fmt if y.dim() == 4 else torch.contiguous_format)
+
+    def _add_bias(self, y: Tensor, rows: Tensor, channel_dim: int) -> Tensor:
+        """The bias hook's work on the live rows: prune the bias in place, add its live entries."""
+        bias = self.module._parameters.get("_bias")
+        if bias is None:
+            return y
+        data = bias.data  # as the hook: no gradient for _bias
+        data.masked_fill_(self.mask() == 0, 0)
+        shape = [1] * y.dim()
+        shape[channel_dim] = rows.numel()
+        return y + data.index_select(0, rows).view(shape)
 
     def _check_inputs(self, x: Tensor, channel_dim: int) -> None:
         """Device-side checks (no host sync) that the columns left out are still dead in the masks

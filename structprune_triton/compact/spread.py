@@ -1,6 +1,7 @@
-"""Moving activations between the dense shape and the live channels, in one write per element:
-the dead channels are zero-filled and the live ones copied (zero-filling everything first writes
-the live part twice)."""
+"""Moving activations between the dense shape and the live channels: a dense tensor is zero-filled
+and the live channels copied in (on CPU a memset of everything is faster than ``index_fill_`` of
+the dead channels: Linear 256x4096, 3 of 4 dead, 0.65 vs 1.6 ms; Conv 16x256x32x32 1.3 vs 2.1 ms).
+Both directions have one-pass gradients (autograd's own ``index_select`` backward accumulates)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,23 @@ from torch import Tensor
 __all__ = ["pick", "spread"]
 
 
-def _dense(src: Tensor, dim: int, live: Tensor, dead: Tensor, size: int, fmt: torch.memory_format) -> Tensor:
+def _dense(src: Tensor, dim: int, live: Tensor, size: int, fmt: torch.memory_format) -> Tensor:
     shape = list(src.shape)
     shape[dim] = size
-    out = torch.empty(shape, dtype=src.dtype, device=src.device, memory_format=fmt)
-    if dead.numel():
-        out.index_fill_(dim, dead, 0)
+    out = torch.empty(shape, dtype=src.dtype, device=src.device, memory_format=fmt).zero_()
     return out.index_copy_(dim, live, src)
 
 
-class _Spread(torch.autograd.Function):
-    """``src`` placed at channels ``live`` of a dense tensor whose other channels (``dead``) are 0."""
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
+
+class _Spread(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, src: Tensor, dim: int, live: Tensor, dead: Tensor, fmt: torch.memory_format) -> Tensor:
+    def forward(ctx, src: Tensor, dim: int, live: Tensor, size: int, fmt: torch.memory_format) -> Tensor:
         ctx.save_for_backward(live)
         ctx.dim = dim
-        return _dense(src, dim, live, dead, live.numel() + dead.numel(), fmt)
+        return _dense(src, dim, live, size, fmt)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -35,31 +36,24 @@ class _Spread(torch.autograd.Function):
 
 
 class _Pick(torch.autograd.Function):
-    """Channels ``live`` of ``x``; the gradient of the others (``dead``) is 0."""
-
     @staticmethod
-    def forward(ctx, x: Tensor, dim: int, live: Tensor, dead: Tensor) -> Tensor:
-        ctx.save_for_backward(live, dead)
-        ctx.dim = dim
+    def forward(ctx, x: Tensor, dim: int, live: Tensor) -> Tensor:
+        ctx.save_for_backward(live)
+        ctx.dim, ctx.size = dim, x.shape[dim]
         ctx.fmt = torch.channels_last if _channels_last(x) else torch.contiguous_format
         return x.index_select(dim, live)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        live, dead = ctx.saved_tensors
-        size = live.numel() + dead.numel()
-        return _dense(grad, ctx.dim, live, dead, size, ctx.fmt), None, None, None
+        (live,) = ctx.saved_tensors
+        return _dense(grad, ctx.dim, live, ctx.size, ctx.fmt), None, None
 
 
-def _channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+def spread(src: Tensor, dim: int, live: Tensor, size: int, fmt: torch.memory_format) -> Tensor:
+    """A dense tensor of ``size`` channels along ``dim``: ``src`` at channels ``live``, zeros elsewhere."""
+    return _Spread.apply(src, dim, live, size, fmt)
 
 
-def spread(src: Tensor, dim: int, live: Tensor, dead: Tensor, fmt: torch.memory_format) -> Tensor:
-    """A dense tensor with ``src`` at channels ``live`` of ``dim`` and zeros at ``dead``."""
-    return _Spread.apply(src, dim, live, dead, fmt)
-
-
-def pick(x: Tensor, dim: int, live: Tensor, dead: Tensor) -> Tensor:
-    """``x.index_select(dim, live)``, whose gradient is written in one pass (zeros at ``dead``)."""
-    return _Pick.apply(x, dim, live, dead)
+def pick(x: Tensor, dim: int, live: Tensor) -> Tensor:
+    """``x.index_select(dim, live)`` (``live`` unique), the other channels' gradient zero."""
+    return _Pick.apply(x, dim, live)
