@@ -6,6 +6,7 @@ The models of issue 15, pruned by ``structprune_triton.pruner.SaliencyPruner`` (
 * masked dense: the prepared model as is;
 * rows: ``skip_masked_rows(model, chains=False)``;
 * chains: ``skip_masked_rows(model)``;
+* compact: the prepared model trained inside ``compact_training(model, optimizer)``;
 * pruned: ``pruner.prune()`` (smaller dense layers).
 
 Variants run interleaved (one step of each per round, order rotating), timed by
@@ -32,11 +33,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from structprune_triton import skip_masked_rows
+from structprune_triton import compact_training, skip_masked_rows
 from structprune_triton.pruner import SaliencyPruner
 from structprune_triton.skip import LiveRowsForward
 
-VARIANTS = ("masked dense", "rows", "chains", "pruned")
+VARIANTS = ("masked dense", "rows", "chains", "compact", "pruned")
 
 
 def mlp(width: int, hidden: int) -> nn.Module:
@@ -104,8 +105,10 @@ def skipping(model: nn.Module) -> str:
     return f"rows {sum(f.skip for f in forwards)}, input columns {sum(f.chain for f in forwards)}"
 
 
-def step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+def step_fn(model: nn.Module, x: torch.Tensor, compact: bool = False) -> Callable[[], torch.Tensor]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    if compact:  # the block stays open for the rest of the process (its hooks keep it alive)
+        compact_training(model, opt).__enter__()
 
     def step() -> torch.Tensor:
         out = model(x)
@@ -126,9 +129,9 @@ def measure(name, factory, layers, density, shape, rounds: int, quick: bool) -> 
         model = build(variant, factory, layers, density, quick)
         if variant in ("rows", "chains"):
             skips.append(f"{variant}: {skipping(model)}")  # e.g. "chains: rows 3, input columns 2"
+        steps[variant] = step_fn(model, x, compact=variant == "compact")
         with torch.no_grad():
             first[variant] = model(x)
-        steps[variant] = step_fn(model, x)
     for variant in VARIANTS[1:]:  # same function as masked dense before any step
         err = (first[variant] - first["masked dense"]).abs().max().item()
         scale = first["masked dense"].abs().max().item()
@@ -138,7 +141,7 @@ def measure(name, factory, layers, density, shape, rounds: int, quick: bool) -> 
         step()
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        order = VARIANTS[r % 4 :] + VARIANTS[: r % 4]
+        order = VARIANTS[r % len(VARIANTS) :] + VARIANTS[: r % len(VARIANTS)]
         for variant in order:
             t0 = time.process_time()
             steps[variant]()
