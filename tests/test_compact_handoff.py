@@ -13,16 +13,23 @@ from structprune_triton.pruner import SaliencyPruner
 from .test_compact import TOL, assert_models_equal, assert_optimizers_equal, batches, prepared, train_steps
 
 
-def test_compiled() -> None:
-    """torch.compile(fullgraph=True) of the model inside the block, with a mask change (a recompile
-    for the new shapes): the same as eager masked dense."""
+@pytest.mark.parametrize("before", [False, True], ids=["compiled-inside", "compiled-before"])
+def test_compiled(before: bool) -> None:
+    """torch.compile(fullgraph=True) of the model, inside the block or before it (and run before
+    and after it: the graphs follow the replacement forwards), with a mask change (a recompile for
+    the new shapes): the same as eager masked dense."""
     dense, compact = prepared("mlp", "adam"), prepared("mlp", "adam")
-    xs = batches("mlp")
+    xs = batches("mlp", 7)
     dense_losses = train_steps(*dense, xs, change=True)
     torch._dynamo.reset()
+    compiled = torch.compile(compact[0], backend="aot_eager", fullgraph=True)
+    if before:
+        compact_losses = train_steps(compiled, compact[1], compact[2], xs[:1], change=True)
+    else:
+        compact_losses = train_steps(compact[0], compact[1], compact[2], xs[:1], change=True)
     with compact_training(compact[0], compact[2]):
-        compiled = torch.compile(compact[0], backend="aot_eager", fullgraph=True)
-        compact_losses = train_steps(compiled, compact[1], compact[2], xs, change=True)
+        compact_losses += train_steps(compiled, compact[1], compact[2], xs[1:6], change=True, start=1)
+    compact_losses += train_steps(compiled, compact[1], compact[2], xs[6:], change=True, start=6)
     torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
     assert_models_equal(dense[0], compact[0])
     assert_optimizers_equal(dense[2], compact[2])
