@@ -277,3 +277,29 @@ def test_mask_change_between_backward_and_step() -> None:
         assert ctx.layers[1].piece.compact.shape == (6, 6)
     assert_models_equal(dense[0], compact[0])
     assert_optimizers_equal(dense[2], compact[2])
+
+
+def test_float_masks_and_channels_last() -> None:
+    """Soft (float) masks scale the live rows, and a channels_last convolution keeps its format:
+    both as masked dense, through the compact layers and the hand-off."""
+
+    def make():
+        torch.manual_seed(4)
+        model = convnet().to(memory_format=torch.channels_last)
+        for name in ("0", "3"):
+            rows = model.get_submodule(name).out_channels
+            mask = torch.rand(rows, generator=torch.Generator().manual_seed(rows)) + 0.5
+            mask[::2] = 0  # half the rows dead, the others scaled
+            structprune_triton.prepare_module(model.get_submodule(name), mask)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+    xs = [x.contiguous(memory_format=torch.channels_last) for x in batches("conv", 4)]
+    (dm, do), (cm, co) = make(), make()
+    dense_losses = train_steps(dm, None, do, xs, change=False)
+    with compact_training(cm, co) as ctx:
+        assert all(s.active for s in ctx.segments) and len(ctx.segments) == 2
+        assert ctx.layers[0].piece.compact.is_contiguous(memory_format=torch.channels_last)
+        compact_losses = train_steps(cm, None, co, xs, change=False)
+    torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
+    assert_models_equal(dm, cm)
+    assert_optimizers_equal(do, co)
