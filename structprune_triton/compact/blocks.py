@@ -120,6 +120,7 @@ class Piece:
         """Write the compact parameter and its optimizer state into the full ones (the dead entries
         of state tensors created inside the block are written by :meth:`write_dead`)."""
         put(self.full.data, self.rows, self.cols, self.compact.detach())
+        self.version = self.compact._version
         if not compact_state:
             return
         if self.full_state is None:
@@ -132,7 +133,6 @@ class Piece:
                 put(target, self.rows, self.cols, value)
             else:
                 self.full_state[key] = value.clone() if isinstance(value, Tensor) else value
-        self.version = self.compact._version
 
     def write_dead(self, parts: list[tuple[Tensor | None, Tensor | None, Tensor, dict[str, Any]]]) -> None:
         """Write stepped dead parts ``(rows, cols, values, state)`` into the full parameter and state."""
