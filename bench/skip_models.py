@@ -7,6 +7,7 @@ turns the masked model into the model it trains:
 * masked dense: the prepared model as is (the baseline);
 * rows: ``skip_masked_rows(model, chains=False)``;
 * chains: ``skip_masked_rows(model)``;
+* compact: the prepared model trained inside ``compact_training(model, optimizer)``;
 * pruned: ``pruner.prune()`` (smaller dense layers).
 
 The variants run interleaved (``structprune_triton.timing.interleaved``: one step of each per round
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from structprune_triton import run_info, skip_masked_rows, timing
+from structprune_triton import compact_training, run_info, skip_masked_rows, timing
 from structprune_triton.pruner import SaliencyPruner
 from structprune_triton.skip import LiveRowsForward
 
@@ -206,6 +207,7 @@ VARIANTS: dict[str, Build] = {
     "masked dense": lambda model, pruner, skip: model,
     "rows": _rows,
     "chains": _chains,
+    "compact": lambda model, pruner, skip: model,  # trained inside compact_training: see step_fn
     "pruned": lambda model, pruner, skip: pruner.prune(),
 }
 BASELINE = "masked dense"
@@ -228,8 +230,10 @@ def skipping(model: nn.Module) -> str:
     return f"rows {sum(f.skip for f in forwards)}, input columns {sum(f.chain for f in forwards)}"
 
 
-def step_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], torch.Tensor]:
+def step_fn(model: nn.Module, x: torch.Tensor, compact: bool = False) -> Callable[[], torch.Tensor]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    if compact:  # the block stays open for the rest of the process (its hooks keep it alive)
+        compact_training(model, opt).__enter__()
 
     def step() -> torch.Tensor:
         out = model(x)
@@ -250,9 +254,9 @@ def measure(name, factory, layers, density, shape, rounds: int, quick: bool) -> 
         model = build(variant, factory, layers, density, quick)
         if any(isinstance(m.__dict__.get("forward"), LiveRowsForward) for m in model.modules()):
             skips.append(f"{variant}: {skipping(model)}")  # e.g. "chains: rows 3, input columns 2"
+        steps[variant] = step_fn(model, x, compact=variant == "compact")
         with torch.no_grad():
             first[variant] = model(x)
-        steps[variant] = step_fn(model, x)
     scale = max(first[BASELINE].abs().max().item(), 1.0)
     for variant, out in first.items():  # the same function as masked dense before any step
         err = (out - first[BASELINE]).abs().max().item()

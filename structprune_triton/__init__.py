@@ -5,6 +5,7 @@ with Triton kernels behind the same interface. Change one import:
 """
 
 from . import ops  # noqa: F401  (registers torch.ops.structprune_triton.*)
+from .compact import compact_training
 from .config import Settings, configure, current_settings, settings, use_backend
 from .dispatch import describe_backend, kernels_run_on, kernels_serve
 from .ops.bias_add import add_bias
@@ -25,6 +26,7 @@ __all__ = [
     "prepare_module",
     "skip_masked_rows",
     "refresh_live_rows",
+    "compact_training",
     "Settings",
     "settings",
     "use_backend",
