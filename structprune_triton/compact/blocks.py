@@ -16,11 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..skip.gather import is_channels_last
+
 __all__ = ["Piece", "take", "put"]
-
-
-def _channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def take(t: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
@@ -32,7 +30,7 @@ def take(t: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
         out = out if cols is None else out.index_select(1, cols)
     if out is t:
         return t.clone(memory_format=torch.preserve_format)
-    return out.contiguous(memory_format=torch.channels_last) if _channels_last(t) else out
+    return out.contiguous(memory_format=torch.channels_last) if is_channels_last(t) else out
 
 
 def put(t: Tensor, rows: Tensor | None, cols: Tensor | None, values: Tensor) -> None:

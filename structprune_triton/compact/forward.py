@@ -10,12 +10,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..dispatch import transformed
 from ..ops.row_mask import row_mask
+from ..skip.gather import assert_zero_outside, is_channels_last, place, select
 from ..skip.live import skippable_param
 from .blocks import Piece
 from .handoff import Segment
 from .inputs import LiveInputs
-from .spread import pick, spread
 
 if TYPE_CHECKING:
     from .context import CompactTraining
@@ -30,10 +31,11 @@ _REVIVED_INPUT = (
     "structprune_triton.compact_training: an input column this layer leaves out is not zero (the "
     "layer before it revived a channel through an invisible mask edit); call ctx.refresh()"
 )
-
-
-def _channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+_TRANSFORMED = (
+    "structprune_triton.compact_training: forward-mode AD, torch.func transforms and torch.jit.trace "
+    "are not supported on a compacted layer (the full weights are not current inside the block); run "
+    "them outside the block, whose exit writes the full parameters back"
+)
 
 
 class CompactForward:
@@ -112,6 +114,8 @@ class CompactForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         if not torch.compiler.is_compiling():
             self.ctx.check_layer(self)
+            if self.piece is not None and transformed():
+                raise RuntimeError(_TRANSFORMED)
         piece = self.piece
         if piece is None or len(args) + len(kwargs) != 1:
             return self._previous(*args, **kwargs)
@@ -134,7 +138,6 @@ class CompactForward:
         compact_out = not compiling and out is not None and self.ctx.in_root and out.may_emit()
         channel_dim = x.dim() - 1 if self.is_linear else x.dim() - 3
         w = piece.compact
-        out_mask = None  # a bool mask applied to the output rather than the weight (cheaper)
         bias = None
         if self.structured:
             mask = module.parametrizations.weight[0].mask
@@ -144,29 +147,25 @@ class CompactForward:
                 mask = mask.index_select(0, rows)
             # the mask is applied even though every row of the piece was live at compaction: a row
             # that died since (an edit the refresh did not see) then computes as in masked dense
-            if mask.dtype == torch.bool and self.is_linear and x.numel() < w.shape[1] * x.shape[-1]:
-                out_mask = mask
-            else:
-                w = row_mask(w, mask)
+            w = row_mask(w, mask)
         else:
             bias = module.bias
         if cols is not None and not compact_in:
             if self.ctx.verify:
-                self._check_inputs(x, channel_dim)
-            x = pick(x, channel_dim, cols)
+                torch._assert_async(torch.logical_or(self.in_cols, ~self.live_inputs()).all(), _REVIVED_INPUT)
+                assert_zero_outside(x, channel_dim, self.in_cols, _REVIVED_INPUT)
+            x = select(x, channel_dim, cols)
         fmt = torch.contiguous_format
-        if not self.is_linear and (_channels_last(x) or _channels_last(piece.compact)):
+        if not self.is_linear and (is_channels_last(x) or is_channels_last(piece.compact)):
             fmt = torch.channels_last  # the dense convolution's output format
             x = x.contiguous(memory_format=fmt)
             w = w.contiguous(memory_format=fmt)
         y = F.linear(x, w, bias) if self.is_linear else module._conv_forward(x, w, bias)
-        if out_mask is not None:
-            y = torch.where(out_mask, y, 0.0)
         if compact_out:
             return out.emit(self._add_bias(y, rows, channel_dim))
         if rows is None:
             return y
-        return spread(y, channel_dim, rows, piece.full.shape[0], fmt if y.dim() == 4 else torch.contiguous_format)
+        return place(y, channel_dim, rows, piece.full.shape[0], fmt if y.dim() == 4 else torch.contiguous_format)
 
     def _add_bias(self, y: Tensor, rows: Tensor, channel_dim: int) -> Tensor:
         """The bias hook's work on the live rows: prune the bias in place, add its live entries."""
@@ -178,15 +177,6 @@ class CompactForward:
         shape = [1] * y.dim()
         shape[channel_dim] = rows.numel()
         return y + data.index_select(0, rows).view(shape)
-
-    def _check_inputs(self, x: Tensor, channel_dim: int) -> None:
-        """Device-side checks (no host sync) that the columns left out are still dead in the masks
-        and exactly zero in the first sample of ``x``."""
-        torch._assert_async(torch.logical_or(self.in_cols, ~self.live_inputs()).all(), _REVIVED_INPUT)
-        with torch.no_grad():
-            sample = x.detach()[(0,) * channel_dim]
-            peak = torch.linalg.vector_norm(sample.reshape(self.in_cols.shape[0], -1), float("inf"), dim=1)
-            torch._assert_async(torch.where(self.in_cols, 0, peak).eq(0).all(), _REVIVED_INPUT)
 
     def __repr__(self) -> str:
         piece = self.piece

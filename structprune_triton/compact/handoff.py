@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, fx, nn
 from torch.nn.modules import module as _module_hooks
 
+from ..graph.zeros import ELEMENTWISE_MODULES
 from ..parametrization import BiasHook
 
 if TYPE_CHECKING:
@@ -33,19 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Segment", "find_segments"]
 
-_ELEMENTWISE = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Tanh,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Mish,
-    nn.ELU,
-    nn.Identity,
-)
+# element-wise modules that treat every channel alike (no per-channel parameter, no random numbers),
+# so they compute the same on the live channels alone; which dead channels stay zero is proved by
+# the chains analysis that gave the consumer its input columns
+_ELEMENTWISE = tuple(m for m in ELEMENTWISE_MODULES if m not in (nn.PReLU, nn.RReLU))
 _POOL = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 LOST = (

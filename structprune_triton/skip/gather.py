@@ -14,7 +14,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["gather", "place", "select"]
+__all__ = ["assert_zero_outside", "gather", "is_channels_last", "place", "select"]
+
+
+def is_channels_last(t: Tensor) -> bool:
+    """A 4-D tensor laid out channels-last (and not also contiguous): a convolution given it
+    answers in the same format."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _take(t: Tensor, dim: int, idx: Tensor) -> Tensor:
@@ -41,12 +47,13 @@ class _Select(torch.autograd.Function):
     def forward(ctx, t: Tensor, dim: int, idx: Tensor) -> Tensor:
         ctx.save_for_backward(idx)
         ctx.dim, ctx.shape = dim, list(t.shape)
+        ctx.fmt = torch.channels_last if is_channels_last(t) else torch.contiguous_format
         return _take(t, dim, idx)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (idx,) = ctx.saved_tensors
-        return _into_zeros(grad, ctx.dim, idx, ctx.shape, torch.contiguous_format), None, None
+        return _into_zeros(grad, ctx.dim, idx, ctx.shape, ctx.fmt), None, None
 
 
 class _Place(torch.autograd.Function):
@@ -105,3 +112,14 @@ def place(src: Tensor, dim: int, idx: Tensor, size: int, memory_format: torch.me
     """A tensor like ``src`` with ``size`` entries along ``dim``: ``src`` at the unique ``idx``, exact
     zeros elsewhere, in ``memory_format``."""
     return _Place.apply(src, dim, idx, size, memory_format)
+
+
+def assert_zero_outside(x: Tensor, channel_dim: int, kept: Tensor, message: str) -> None:
+    """Device-side check (no host sync, no autograd record): in the first sample of ``x`` (none in
+    an empty batch) every channel along ``channel_dim`` that ``kept`` (one bool per channel, or per
+    group of consecutive channels) leaves out holds exact zeros; else ``message`` is raised."""
+    sample = x.detach()
+    sample = sample.flatten(0, channel_dim - 1) if channel_dim > 0 else sample.unsqueeze(0)
+    nonzero = sample[:1].ne(0).any(0)  # per channel (and spatial position)
+    nonzero = nonzero.reshape(kept.shape[0], -1).any(1)  # per entry of kept
+    torch._assert_async(torch.logical_and(nonzero, kept.logical_not()).any().logical_not(), message)

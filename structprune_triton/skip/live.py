@@ -15,7 +15,7 @@ from ..graph.channels import InputChannels
 from ..graph.norm_mask import mask_of
 from ..ops.row_mask import row_mask
 from ..parametrization import FakeStructuredSparsity
-from .gather import gather, place, select
+from .gather import assert_zero_outside, gather, is_channels_last, place, select
 
 SUPPORTED = (nn.Linear, nn.Conv2d)
 _STALE_ROWS = (
@@ -67,10 +67,6 @@ def _first_param(module: nn.Module) -> nn.Module | None:
     if plist is None or len(plist) != 1:
         return None
     return plist._modules.get("0")
-
-
-def _suggests_channels_last(t: Tensor) -> bool:
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 class MaskWatch:
@@ -269,7 +265,7 @@ class LiveRowsForward:
             bias = module.bias
             w = gather(w, None, cols)
         fmt = torch.contiguous_format
-        if not is_linear and (_suggests_channels_last(x) or _suggests_channels_last(fmt_source)):
+        if not is_linear and (is_channels_last(x) or is_channels_last(fmt_source)):
             fmt = torch.channels_last  # the dense convolution's output format
         if cols is not None:
             if self.verify:
@@ -285,19 +281,11 @@ class LiveRowsForward:
         return place(y, channel_dim, rows, self.in_set.shape[0], fmt)
 
     def _check_zero_inputs(self, x: Tensor, channel_dim: int) -> None:
-        """Device-side checks (no host sync, no grad-mode change) that the input channels skipped
-        here are zero: none is live in the current masks, and in the first sample of ``x`` (none for
-        an empty batch) they hold exact zeros (a cheap sample of the data)."""
-        inputs = self.inputs
-        torch._assert_async(torch.logical_or(self.col_set, inputs.dead_channels()).all(), _STALE_COLUMNS)
-        sample = x.detach()
-        sample = sample.flatten(0, channel_dim - 1) if channel_dim > 0 else sample.unsqueeze(0)
-        nonzero = sample[:1].ne(0).any(0)  # per input column (and spatial position)
-        if x.dim() - channel_dim > 1:  # a convolution: (C, H, W)
-            nonzero = nonzero.flatten(1).any(1)
-        elif inputs.group > 1:
-            nonzero = nonzero.view(inputs.channels, inputs.group).any(1)
-        torch._assert_async(torch.logical_and(nonzero, self.col_set.logical_not()).any().logical_not(), _NONZERO_INPUT)
+        """Device-side checks (no host sync) that the input channels skipped here are zero: none is
+        live in the current masks, and in the first sample of ``x`` they hold exact zeros (a cheap
+        sample of the data)."""
+        torch._assert_async(torch.logical_or(self.col_set, self.inputs.dead_channels()).all(), _STALE_COLUMNS)
+        assert_zero_outside(x, channel_dim, self.col_set, _NONZERO_INPUT)
 
     def __repr__(self) -> str:
         parts = []

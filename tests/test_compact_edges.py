@@ -1,0 +1,222 @@
+"""compact_training on the models people prune and at the edges: ResNet-style CNNs (BatchNorm, a
+residual add, ``prune_norm``), LLaMA-style gated MLPs, the other architecture shapes; NaN/inf in
+dead rows, a row that dies through an edit the block cannot see, empty batches, and transforms
+(refused: the full weights are not current inside the block). The reference is masked dense
+training of the same model (every parameter, dead rows included, and every optimizer state)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import nn
+from torch.func import functional_call, jvp, vmap
+
+import structprune_triton
+from structprune_triton import compact_training
+from structprune_triton.pruner import SaliencyPruner
+
+from .architectures import MODELS, randomize_norms
+from .test_compact import OPTIMIZERS, TOL, assert_models_equal, assert_optimizers_equal, train_steps
+
+
+def prepared(name: str, opt_name: str):
+    """The architecture ``name`` prepared by our SaliencyPruner (half the rows dead), with an
+    optimizer over all its parameters."""
+    factory, _, config, defaults = MODELS[name]
+    torch.manual_seed(0)
+    model = randomize_norms(factory())
+    pruner = SaliencyPruner({"sparsity_level": 0.5, **defaults})
+    pruner.prepare(model, [dict(c) for c in config])
+    pruner.step()
+    return model, pruner, OPTIMIZERS[opt_name](model.parameters())
+
+
+def inputs(name: str, n: int = 5) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randn(MODELS[name][1], generator=gen) for _ in range(n)]
+
+
+def pieces(model: nn.Module) -> dict[str, str]:
+    """Layer name -> what its compact forward computes, e.g. "rows 8 of 16, input columns 8 of 8"."""
+    return {
+        n: repr(m.__dict__["forward"]).removeprefix("CompactForward(").removesuffix(")")
+        for n, m in model.named_modules()
+        if "forward" in m.__dict__
+    }
+
+
+def check_against_dense(name: str, opt_name: str, change: bool) -> dict[str, str]:
+    dense, compact = prepared(name, opt_name), prepared(name, opt_name)
+    xs = inputs(name)
+    dense_losses = train_steps(*dense, xs, change=change)
+    with compact_training(compact[0], compact[2]):
+        shapes = pieces(compact[0])
+        compact_losses = train_steps(*compact, xs, change=change)
+    torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
+    assert_models_equal(dense[0], compact[0])
+    assert_optimizers_equal(dense[2], compact[2])
+    x = inputs(name, 1)[0]
+    pruned_dense, pruned_compact = dense[1].prune(), compact[1].prune()
+    assert_models_equal(pruned_dense, pruned_compact)
+    pruned_dense.eval(), pruned_compact.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(pruned_compact(x), pruned_dense(x), **TOL)
+    return shapes
+
+
+# the live blocks each architecture must train (rows and input columns), at half the rows dead
+EXPECTED = {
+    "resnet": {
+        "b1.conv1": "rows 8 of 16, input columns 8 of 8",
+        "b1.conv2": "rows 8 of 8, input columns 8 of 16",  # after BatchNorm with prune_norm, ReLU
+        "b2.conv1": "rows 8 of 16, input columns 8 of 8",
+        "b2.conv2": "rows 8 of 8, input columns 8 of 16",
+    },
+    "swiglu, gate only": {
+        "l0.gate": "rows 16 of 32, input columns 8 of 8",
+        "l0.down": "rows 8 of 8, input columns 16 of 32",  # silu(0) * up = 0
+        "l1.gate": "rows 16 of 32, input columns 8 of 8",
+        "l1.down": "rows 8 of 8, input columns 16 of 32",
+    },
+    "conv-batchnorm-pool-flatten": {
+        "conv": "rows 8 of 16, input columns 3 of 3",
+        "fc": "rows 5 of 5, input columns 128 of 256",  # each dead channel is 16 flattened columns
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_architectures_match_masked_dense(name: str) -> None:
+    """Every architecture shape, SGD with Nesterov momentum and weight decay, a pruner step in the
+    middle: exact as masked dense, and prune() gives the same model."""
+    shapes = check_against_dense(name, "sgd-nesterov", change=True)
+    assert shapes, "nothing was compacted"
+    for layer, piece in EXPECTED.get(name, {}).items():
+        assert shapes[layer] == piece, layer
+
+
+@pytest.mark.parametrize("name", ["resnet", "swiglu, separate masks"])
+def test_architectures_adamw_torch_path(name: str) -> None:
+    """The same with AdamW on the pure-torch path (the test above runs the interpreter's kernels)."""
+    with structprune_triton.use_backend("torch"):
+        check_against_dense(name, "adamw-foreach", change=False)
+
+
+def mlp() -> nn.Module:
+    # the pruned layers without bias: upstream's bias hook (and ours) prunes the bias in place,
+    # which torch.func's jvp refuses outside any block as well
+    return nn.Sequential(
+        nn.Linear(6, 10, bias=False), nn.ReLU(), nn.Linear(10, 8, bias=False), nn.Tanh(), nn.Linear(8, 3)
+    )
+
+
+def prepared_mlp(poison: bool):
+    torch.manual_seed(0)
+    model = mlp()
+    pruner = SaliencyPruner({"sparsity_level": 0.5})
+    pruner.prepare(model, [{"tensor_fqn": "0.weight"}, {"tensor_fqn": "2.weight"}])
+    pruner.step()
+    if poison:  # inf in every dead row of the masked weights, NaN in the first
+        with torch.no_grad():
+            for i in (0, 2):
+                w = model[i].parametrizations.weight.original
+                dead = (model[i].parametrizations.weight[0].mask == 0).nonzero()[:, 0]
+                w[dead] = float("inf")
+                w[dead[0]] = float("nan")
+    return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor):
+    x = x.detach().clone().requires_grad_()
+    out = model(x)
+    out.backward(torch.ones_like(out))
+    return out.detach(), x.grad
+
+
+def test_nan_inf_in_dead_rows_stay_out() -> None:
+    """Dead rows holding NaN/inf contribute exact zeros (this package's rule), in the block as in
+    masked dense training: outputs and input gradients finite and equal, over optimizer steps."""
+    (dm, do), (cm, co) = prepared_mlp(True), prepared_mlp(True)
+    xs = [torch.randn(2, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    with compact_training(cm, co):
+        for x in xs:
+            got, want = forward_backward(cm, x), forward_backward(dm, x)
+            for a, b in zip(got, want, strict=True):
+                assert a.isfinite().all()
+                torch.testing.assert_close(a, b, **TOL)
+            co.step(), do.step(), co.zero_grad(), do.zero_grad()
+    for name, p in dm.named_parameters():  # dead rows keep their NaN/inf, live ones equal
+        torch.testing.assert_close(dict(cm.named_parameters())[name], p, **TOL, equal_nan=True)
+
+
+def test_row_dying_unseen_inside_the_block() -> None:
+    """A live row whose mask is zeroed through ``.data`` (no version bump: the block cannot see it)
+    and whose compact weights hold NaN computes as in masked dense: exact zeros, finite input
+    gradient (the mask multiplies the compact weight, never the output)."""
+    (dm, _), (cm, co) = prepared_mlp(False), prepared_mlp(False)
+    x = torch.randn(2, 6)
+    with compact_training(cm, co) as ctx:
+        layer = ctx.layers[0]
+        row = int(layer.piece.rows[0])
+        for model in (dm, cm):
+            model[0].parametrizations.weight[0].mask.data[row] = False
+        with torch.no_grad():
+            layer.piece.compact[0] = float("nan")
+            dm[0].parametrizations.weight.original[row] = float("nan")
+        got, want = forward_backward(cm, x), forward_backward(dm, x)
+    for a, b in zip(got, want, strict=True):
+        assert a.isfinite().all()
+        torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("name", ["resnet", "swiglu, separate masks"])
+def test_empty_batch(name: str) -> None:
+    """A batch of zero samples runs inside the block (the input check samples nothing) and gives
+    masked dense's empty output; training goes on exactly."""
+    dense, compact = prepared(name, "sgd-nesterov"), prepared(name, "sgd-nesterov")
+    shape = MODELS[name][1]
+    empty = torch.randn(0, *shape[1:])
+    xs = inputs(name, 2)
+    for model, _, _ in (dense, compact):
+        model.eval()  # BatchNorm in training mode refuses an empty batch, in masked dense too
+    with compact_training(compact[0], compact[2]):
+        got, want = forward_backward(compact[0], empty), forward_backward(dense[0], empty)
+        for a, b in zip(got, want, strict=True):
+            assert a.shape == b.shape and a.numel() == 0
+        dense[0].train(), compact[0].train()
+        compact_losses = train_steps(compact[0], None, compact[2], xs, change=False)
+    dense_losses = train_steps(dense[0], None, dense[2], xs, change=False)
+    torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
+    assert_models_equal(dense[0], compact[0])
+
+
+TRANSFORMS = {
+    "vmap": lambda model, x: vmap(model)(x.unsqueeze(1)),
+    "jvp": lambda model, x: jvp(model, (x,), (torch.ones_like(x),)),
+    "forward AD": lambda model, x: _dual(model, x),
+    "functional_call": lambda model, x: vmap(lambda p, y: functional_call(model, p, (y,)), in_dims=(None, 0))(
+        dict(model.named_parameters()), x.unsqueeze(1)
+    ),
+    "jit.trace": lambda model, x: torch.jit.trace(model, (x,), check_trace=False),
+}
+
+
+def _dual(model: nn.Module, x: torch.Tensor):
+    with fwAD.dual_level():
+        return model(fwAD.make_dual(x, torch.ones_like(x)))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("transform", list(TRANSFORMS))
+def test_transforms_are_refused_inside_and_work_after(transform: str) -> None:
+    """Inside the block a transform of a compacted layer raises (the full weights it would read are
+    stale); after the block, the same call works on the written-back model."""
+    model, opt = prepared_mlp(False)
+    x = torch.randn(3, 6)
+    with compact_training(model, opt):
+        model(x).sum().backward()
+        opt.step()
+        with pytest.raises(RuntimeError, match="transforms"):
+            TRANSFORMS[transform](model, x)
+    TRANSFORMS[transform](model, x)
