@@ -10,11 +10,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.ao.pruning._experimental.pruner.parametrization import FakeStructuredSparsity as _UpstreamFSS
 from torch.nn.utils import parametrize
 
 from ..skip import LiveRowsForward, refresh_live_rows
-from ..skip.live import plain_layer, skippable_param
+from ..skip.live import MaskWatch, plain_layer, skippable_param
 from .blocks import Piece
 from .forward import CompactForward
 from .handoff import LOST, Segment, find_segments
@@ -51,7 +50,7 @@ class CompactTraining:
         self.layers: list[CompactForward] = []
         self._handles: list[Any] = []
         self._zero_grads: dict[nn.Module, Any] = {}
-        self._masks: list[tuple[nn.Module, Any, int, int]] = []
+        self._masks: list[MaskWatch] = []
         self._suspect = False  # masks may have changed invisibly (a pruner read the weights)
         self._retry = False  # a layer stayed dense for a pending gradient: compact it when cleared
         self._pending: Record | None = None
@@ -221,25 +220,12 @@ class CompactTraining:
     # ---- noticing mask changes -----------------------------------------------------------------
 
     def _remember_masks(self) -> None:
-        self._masks = []
-        for module in self.model.modules():
-            if isinstance(module, _UpstreamFSS):
-                mask = module._buffers.get("mask")
-                is_tensor = isinstance(mask, torch.Tensor)
-                self._masks.append(
-                    (module, mask, mask.data_ptr() if is_tensor else -1, mask._version if is_tensor else -1)
-                )
+        self._masks = [MaskWatch(m) for m in self.model.modules() if "parametrizations" in m._modules]
         for layer in self.layers:
-            layer.remember_mask()
+            layer.watch.take()
 
     def _masks_moved(self) -> bool:
-        for module, mask, ptr, version in self._masks:
-            now = module._buffers.get("mask")
-            if now is not mask or (
-                isinstance(now, torch.Tensor) and (now.data_ptr() != ptr or now._version != version)
-            ):
-                return True
-        return False
+        return any(watch.changed() for watch in self._masks)
 
     def check(self) -> None:
         """Refresh if a mask changed visibly, or may have changed since a pruner read the weights."""
@@ -247,7 +233,7 @@ class CompactTraining:
             self.refresh()
 
     def check_layer(self, layer: CompactForward) -> None:
-        if self._suspect or self._retry or layer.mask_moved():
+        if self._suspect or self._retry or layer.watch.changed():
             self.refresh()
 
     # ---- hooks ---------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from ..dispatch import transformed
 from ..ops.row_mask import row_mask
 from ..skip.gather import assert_zero_outside, is_channels_last, place, select
-from ..skip.live import skippable_param
+from ..skip.live import MaskWatch, skippable_param
 from .blocks import Piece
 from .handoff import Segment
 from .inputs import LiveInputs
@@ -56,7 +56,7 @@ class CompactForward:
         self.read_hook: Any = None
         self.segment_out: Segment | None = None  # this layer hands its compact output on
         self.segment_in: Segment | None = None  # this layer takes a compact input
-        self._seen: tuple[Any, int, int] = (None, -1, -1)
+        self.watch = MaskWatch(module)  # this layer's own mask
 
     # ---- live sets ---------------------------------------------------------------------------
 
@@ -81,20 +81,6 @@ class CompactForward:
             if live.shape == self.weight().shape[1:2] and not bool(live.all()):
                 cols = live.nonzero().flatten()
         return rows, cols
-
-    def remember_mask(self) -> None:
-        mask = self.mask()
-        self._seen = (mask, mask.data_ptr(), mask._version) if isinstance(mask, Tensor) else (mask, -1, -1)
-
-    def mask_moved(self) -> bool:
-        """Host-only check: was the own mask replaced or visibly edited since the last refresh?"""
-        if not self.structured:
-            return False
-        mask = self.module.parametrizations.weight[0]._buffers.get("mask")
-        seen, ptr, version = self._seen
-        if mask is not seen:
-            return True
-        return isinstance(mask, Tensor) and (mask.data_ptr() != ptr or mask._version != version)
 
     def set_piece(self, piece: Piece | None) -> None:
         self.piece = piece

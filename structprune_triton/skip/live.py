@@ -69,8 +69,16 @@ def _first_param(module: nn.Module) -> nn.Module | None:
     return plist._modules.get("0")
 
 
+def _weight_param(module: nn.Module) -> nn.Module | None:
+    """The first parametrization of ``module.weight`` (where the pruners put the mask), or None."""
+    pz = module._modules.get("parametrizations")
+    plist = pz._modules.get("weight") if pz is not None else None
+    return plist._modules.get("0") if plist is not None else None
+
+
 class MaskWatch:
-    """Host-side snapshot of a layer's mask: its parametrization and mask objects, the mask's storage
+    """Host-side snapshot of a layer's mask (on the first parametrization of its weight): its
+    parametrization and mask objects, the mask's storage
     address and version counter, and whether the layer has a ``bias``. Comparing costs about a
     microsecond (dict lookups; no device sync)."""
 
@@ -80,7 +88,7 @@ class MaskWatch:
 
     def take(self) -> None:
         module = self.module
-        self.param = _first_param(module)
+        self.param = _weight_param(module)
         self.has_bias = module._parameters.get("bias") is not None
         mask = self.param._buffers.get("mask") if self.param is not None else None
         is_tensor = isinstance(mask, Tensor)
@@ -91,7 +99,7 @@ class MaskWatch:
 
     def changed(self) -> bool:
         module = self.module
-        p = _first_param(module)
+        p = _weight_param(module)
         if p is not self.param or (module._parameters.get("bias") is not None) != self.has_bias:
             return True
         if p is None:
