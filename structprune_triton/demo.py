@@ -5,11 +5,12 @@ CNN (three Conv2d layers with ReLU and max-pooling, then AdaptiveAvgPool2d / Fla
 that upstream's prune patterns apply) and synthetic, learnable data; nothing is downloaded.
 
 Each variant is a copy of the same model, masked by ``step()`` of a ``SaliencyPruner``: upstream's
-(the baseline), ours (masked dense), ours with ``skip_masked_rows`` skipping rows and chains, and the
-physically pruned model (``prune()`` right after the first ``step()``: the speed fine-tuning would
-have if the model were pruned first). Each is fine-tuned in interleaved timed rounds (see
-:mod:`structprune_triton.timing`), then the masks are updated and the model ``prune()``d; the
-demo checks that the pruned model computes what the masked model did (exit status 1 on FAIL).
+(the baseline), ours (masked dense), ours with ``skip_masked_rows`` skipping rows and chains, ours
+fine-tuned inside ``compact_training``, and the physically pruned model (``prune()`` right after the
+first ``step()``: the speed fine-tuning would have if the model were pruned first). Each is
+fine-tuned in interleaved timed rounds (see :mod:`structprune_triton.timing`), then the masks are
+updated and the model ``prune()``d; the demo checks that the pruned model computes what the
+masked model did (exit status 1 on FAIL).
 """
 
 from __future__ import annotations
@@ -60,13 +61,15 @@ def exact_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-# (row label, pruner, skip_masked_rows chains argument or None, pruned before fine-tuning)
+# (row label, pruner, skip_masked_rows chains argument or None, fine-tuned inside compact_training,
+# pruned before fine-tuning)
 SPECS = [
-    ("upstream (baseline)", upstream_pruner.SaliencyPruner, None, False),
-    ("ours: masked dense", our_pruner.SaliencyPruner, None, False),
-    ("ours + skip rows", our_pruner.SaliencyPruner, False, False),
-    ("ours + skip chains", our_pruner.SaliencyPruner, True, False),
-    ("pruned model", our_pruner.SaliencyPruner, None, True),
+    ("upstream (baseline)", upstream_pruner.SaliencyPruner, None, False, False),
+    ("ours: masked dense", our_pruner.SaliencyPruner, None, False, False),
+    ("ours + skip rows", our_pruner.SaliencyPruner, False, False, False),
+    ("ours + skip chains", our_pruner.SaliencyPruner, True, False, False),
+    ("ours + compact_training", our_pruner.SaliencyPruner, None, True, False),
+    ("pruned model", our_pruner.SaliencyPruner, None, False, True),
 ]
 
 
@@ -75,7 +78,7 @@ class Variant:
     can be interleaved), then pruned and checked."""
 
     def __init__(self, spec: tuple, compiled: bool, base: nn.Module, sparsity: float, backend: str) -> None:
-        self.name, pruner_cls, chains, self.pruned_first = spec
+        self.name, pruner_cls, chains, compact, self.pruned_first = spec
         self.compiled = compiled
         self.label = f"{self.name}, {'compiled' if compiled else 'eager'}"
         self.model = copy.deepcopy(base)
@@ -95,6 +98,9 @@ class Variant:
             else self.model
         )
         self.opt = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=0.9)
+        self.block = structprune_triton.compact_training(self.model, self.opt) if compact else None
+        if self.block is not None:  # left in finish(), before the pruner's step and prune()
+            self.block.__enter__()
         self.batches: list[tuple[Tensor, Tensor]] = []
         self.steps_done = 0
         self.compile_s = math.nan
@@ -132,6 +138,8 @@ class Variant:
             if self.pruned_first:
                 self.pruned_out = self.model(x_eval)
                 return
+            if self.block is not None:
+                self.block.__exit__(None, None, None)  # writes the full parameters back
             self.pruner.step()  # masks from the fine-tuned weights
             masked = self.model(x_eval)
             pruned = self.pruner.prune()
@@ -180,7 +188,7 @@ def print_report(
         f"seed {args.seed}\n"
     )
     header = (
-        f"{'variant':<22} {'mode':<8} {'ms/step':>8}  {'vs upstream eager [IQR]':<27} "
+        f"{'variant':<23} {'mode':<8} {'ms/step':>8}  {'vs upstream eager [IQR]':<27} "
         f"{'graphs/breaks':>13} {'compile s':>9} {'loss before->after':>18} {'params':>7} {'check':>5}"
     )
     print(header)
@@ -194,7 +202,7 @@ def print_report(
         loss = f"{v.loss[0]:.3f}->{v.loss[1]:.3f}"
         mode, ms = "compiled" if v.compiled else "eager", 1e3 * statistics.median(times[v.label])
         print(
-            f"{v.name:<22} {mode:<8} {ms:>8.2f}  {ratio:<27} {graphs:>13} {compile_s:>9} {loss:>18} "
+            f"{v.name:<23} {mode:<8} {ms:>8.2f}  {ratio:<27} {graphs:>13} {compile_s:>9} {loss:>18} "
             f"{v.params_after:>7,} {check:>5}"
         )
     print(

@@ -35,7 +35,8 @@ SMALL = (
     "3",
 )
 ROW = re.compile(
-    r"^(upstream \(baseline\)|ours: masked dense|ours \+ skip rows|ours \+ skip chains|pruned model) +"
+    r"^(upstream \(baseline\)|ours: masked dense|ours \+ skip rows|ours \+ skip chains|ours \+ compact_training"
+    r"|pruned model) +"
     r"(eager|compiled) +([0-9.]+) +(\S+)(?: \[([0-9.]+)-([0-9.]+)\] (same|faster|slower))? +(\S+) +(\S+)"
     r" +[0-9.]+->[0-9.]+ +[0-9,]+ +(PASS|FAIL|-)$",
     re.MULTILINE,
@@ -109,6 +110,7 @@ def test_demo_small_run() -> None:
     assert all(r[-1] == ("-" if r[0] == "pruned model" else "PASS") for r in rows), out
     assert "versions  torch " in out and "kernels   " in out
     assert "pruned output, ours: masked dense, eager vs upstream eager: max abs difference 0.0e+00" in out
+    assert "ours + compact_training" in names, out  # fine-tuned in the block, then pruned: PASS above
     assert "\nPASS: pruned model output matches the masked model" in out
     if os.environ.get("TRITON_INTERPRET") == "1":
         assert "interpreter" in out  # the Triton kernels ran
