@@ -34,7 +34,8 @@ and ``squash_mask`` run unchanged. What is changed, and why:
 * ``state_dict`` returns ``"state"`` as a plain dict (upstream: the live ``defaultdict``, which
   ``torch.load(weights_only=True)``, the default, refuses to load).
 
-A model already prepared with upstream's pruner is sped up in place by :func:`accelerate`.
+A model already prepared with upstream's pruner is sped up in place by :func:`accelerate`; one
+module is prepared without a pruner by :func:`prepare_module` (both in :mod:`.prepare`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from torch.nn.utils import parametrize
 from .graph.norms import attach_norms, squash_norms
 from .graph.prune import plan_prune
 from .parametrization import BiasHook, FakeStructuredSparsity
+from .prepare import accelerate, prepare_module
 
 __all__ = [
     "BaseStructuredSparsifier",
@@ -63,40 +65,6 @@ __all__ = [
     "accelerate",
     "prepare_module",
 ]
-
-# Modules that get a BiasHook: the same set as upstream's ``_prepare``.
-_BIAS_HOOK_MODULES = (nn.Linear, nn.Conv2d)
-
-
-def prepare_module(
-    module: nn.Module,
-    mask: torch.Tensor | None = None,
-    *,
-    tensor_name: str = "weight",
-    prune_bias: bool = True,
-    parametrization: type[nn.Module] = FakeStructuredSparsity,
-    hook: type = BiasHook,
-    hook_param: nn.Module | None = None,
-) -> nn.Module:
-    """Prepare one module as upstream's ``BaseStructuredSparsifier._prepare`` does, without a pruner.
-
-    ``module.<tensor_name>`` gets ``parametrization(mask)`` (``mask``: all rows live if None). On an
-    ``nn.Linear``/``nn.Conv2d`` the bias moves to a ``_bias`` Parameter (``module.bias = None``,
-    ``module.prune_bias = prune_bias``) and ``hook(param, prune_bias)`` is registered as a forward
-    hook, ``param`` being the new parametrization (or ``hook_param``). Returns ``module``."""
-    if mask is None:
-        tensor = getattr(module, tensor_name)
-        mask = torch.ones(tensor.shape[0], dtype=torch.bool, device=tensor.device)
-    parametrize.register_parametrization(module, tensor_name, parametrization(mask))
-    if not isinstance(module, _BIAS_HOOK_MODULES):
-        return module  # e.g. nn.LSTM: parametrization only, as upstream
-    if module.bias is not None:
-        module.register_parameter("_bias", nn.Parameter(module.bias.detach()))
-        module.bias = None
-        module.prune_bias = prune_bias
-    param = hook_param if hook_param is not None else getattr(module.parametrizations, tensor_name)[0]
-    module.register_forward_hook(hook(param, prune_bias))
-    return module
 
 
 class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
@@ -283,40 +251,3 @@ class FPGMPruner(BaseStructuredSparsifier, _upstream.FPGMPruner):
 class LSTMSaliencyPruner(BaseStructuredSparsifier, _upstream.LSTMSaliencyPruner):
     """Upstream's ``LSTMSaliencyPruner`` (per-gate saliency on packed LSTM weights) with this
     package's parametrization; LSTM modules get no bias hook, as upstream."""
-
-
-def accelerate(model: nn.Module) -> nn.Module:
-    """Swap upstream's structured-pruning parametrizations and bias hooks for ours, in place.
-
-    For a model already prepared by an upstream pruner (``torch.ao.pruning._experimental.pruner``)::
-
-        pruner = torch.ao.pruning._experimental.pruner.SaliencyPruner({"sparsity_level": 0.5})
-        pruner.prepare(model, config)
-        structprune_triton.pruner.accelerate(model)   # then train, pruner.step(), pruner.prune()
-
-    Every parametrization whose type is exactly upstream's ``FakeStructuredSparsity`` is replaced by
-    ours at the same position, holding the *same* mask tensor object (the pruner's
-    ``state[fqn]["mask"]`` and its ``update_mask`` keep working); every forward hook whose type is
-    exactly upstream's ``BiasHook`` is replaced by ours under the same hook id (its handle still
-    removes it; order is kept), pointing at the new parametrization. Subclasses of upstream's classes
-    (custom parametrizations, ours) are left alone, so calling ``accelerate`` again changes nothing.
-    Returns ``model``.
-    """
-    swapped: dict[int, tuple[nn.Module, nn.Module]] = {}  # id(old) -> (old kept alive, new)
-    for module in model.modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for plist in module.parametrizations.values():
-            for i, p in enumerate(plist):
-                if type(p) is _upstream_param.FakeStructuredSparsity:
-                    new = FakeStructuredSparsity(p.mask)
-                    new.train(p.training)
-                    plist[i] = new
-                    swapped[id(p)] = (p, new)
-    for module in model.modules():
-        hooks = module._forward_hooks
-        for key, hook in list(hooks.items()):
-            if type(hook) is _upstream_param.BiasHook:
-                param = swapped[id(hook.param)][1] if id(hook.param) in swapped else hook.param
-                hooks[key] = BiasHook(param, hook.prune_bias)
-    return model

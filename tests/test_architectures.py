@@ -277,7 +277,7 @@ def test_step_bumps_mask_versions_and_the_pruner_does_not_import_skip() -> None:
     pruner.step()
     assert all(m._version > v for m, v in zip(masks, before, strict=True))
     package = Path(structprune_triton.__file__).parent
-    for path in [package / "pruner.py", *(package / "graph").glob("*.py")]:
+    for path in [package / "pruner.py", package / "prepare.py", *(package / "graph").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert "skip" not in (node.module or "").split("."), (path.name, node.module)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..skip.gather import is_channels_last
 
-__all__ = ["Piece", "take", "put"]
+__all__ = ["Piece", "put", "same_block", "take"]
 
 
 def take(t: Tensor, rows: Tensor | None, cols: Tensor | None) -> Tensor:
@@ -43,6 +43,20 @@ def put(t: Tensor, rows: Tensor | None, cols: Tensor | None, values: Tensor) -> 
         t.index_copy_(1, cols, values)
     else:
         t.index_put_((rows[:, None], cols), values)
+
+
+def same_block(piece: Piece | None, rows: Tensor | None, cols: Tensor | None) -> bool:
+    """Whether ``piece`` is the block of live ``rows`` and ``cols`` (``None``: all; no piece: the
+    whole parameter, nothing to compact)."""
+    if piece is None:
+        return rows is None and cols is None
+    return _equal(piece.rows, rows) and _equal(piece.cols, cols)
+
+
+def _equal(a: Tensor | None, b: Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and bool(torch.equal(a, b))
 
 
 def complement(live: Tensor | None, n: int) -> Tensor | None:

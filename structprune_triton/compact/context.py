@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from ..skip import LiveRowsForward, refresh_live_rows
 from ..skip.live import MaskWatch, plain_layer, skippable_param
-from .blocks import Piece
+from .blocks import Piece, same_block
 from .forward import CompactForward
 from .handoff import LOST, Segment, find_segments
 from .inputs import live_inputs
@@ -183,7 +183,7 @@ class CompactTraining:
         with torch.no_grad(), torch.inference_mode(False):
             self._suspect = self._retry = False
             wanted = [(layer, *layer.wanted()) for layer in self.layers]
-            changed = [(layer, rows, cols) for layer, rows, cols in wanted if not _same(layer.piece, rows, cols)]
+            changed = [(layer, rows, cols) for layer, rows, cols in wanted if not same_block(layer.piece, rows, cols)]
             self._uncompact([layer for layer, _, _ in changed if layer.piece is not None])
             for layer, rows, cols in changed:
                 if rows is not None or cols is not None:
@@ -301,15 +301,3 @@ class CompactTraining:
     def __repr__(self) -> str:
         lines = [f"  {type(layer.module).__name__}: {layer!r}" for layer in self.layers]
         return "CompactTraining(\n" + "\n".join(lines) + "\n)"
-
-
-def _same(piece: Piece | None, rows: Any, cols: Any) -> bool:
-    if piece is None:
-        return rows is None and cols is None
-    return _equal(piece.rows, rows) and _equal(piece.cols, cols)
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    return a.shape == b.shape and bool(torch.equal(a, b))
