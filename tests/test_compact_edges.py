@@ -220,3 +220,42 @@ def test_transforms_are_refused_inside_and_work_after(transform: str) -> None:
         with pytest.raises(RuntimeError, match="transforms"):
             TRANSFORMS[transform](model, x)
     TRANSFORMS[transform](model, x)
+
+
+@pytest.mark.parametrize("how", ["eval between steps", "channels_last", "compiled"])
+def test_resnet_as_users_train_it(how: str) -> None:
+    """The ResNet-style CNN trained the usual ways: an eval-mode pass (running statistics, no
+    gradient) after every step, channels_last activations, ``torch.compile(fullgraph=True)`` of the
+    model inside the block. Parameters, optimizer state, BatchNorm buffers and the eval outputs
+    equal masked dense training's."""
+    dense, compact = prepared("resnet", "sgd-nesterov"), prepared("resnet", "sgd-nesterov")
+    xs = inputs("resnet", 3)
+    if how == "channels_last":
+        for model, _, _ in (dense, compact):
+            model.to(memory_format=torch.channels_last)
+        xs = [x.contiguous(memory_format=torch.channels_last) for x in xs]
+
+    def train(model: nn.Module, opt: torch.optim.Optimizer) -> list[torch.Tensor]:
+        run = torch.compile(model, fullgraph=True, backend="aot_eager") if how == "compiled" else model
+        evals = []
+        for x in xs:
+            model.train()
+            (run(x) - 0.5).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+            if how == "eval between steps":
+                model.eval()
+                with torch.no_grad():
+                    evals.append(run(x))
+        return evals
+
+    torch._dynamo.reset()
+    want = train(dense[0], dense[2])
+    with compact_training(compact[0], compact[2]):
+        got = train(compact[0], compact[2])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert_models_equal(dense[0], compact[0])
+    assert_optimizers_equal(dense[2], compact[2])
+    for (name, a), b in zip(dense[0].named_buffers(), compact[0].buffers(), strict=True):
+        torch.testing.assert_close(b, a, **TOL, msg=name)
