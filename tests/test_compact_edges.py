@@ -259,3 +259,36 @@ def test_resnet_as_users_train_it(how: str) -> None:
     assert_optimizers_equal(dense[2], compact[2])
     for (name, a), b in zip(dense[0].named_buffers(), compact[0].buffers(), strict=True):
         torch.testing.assert_close(b, a, **TOL, msg=name)
+
+
+@pytest.mark.parametrize("case", ["a layer with every row dead", "gate and up with no live row in common"])
+def test_nothing_live(case: str) -> None:
+    """A layer with no live row, and a down projection with no live input column (gate and up
+    masked on disjoint rows: every product channel is zero), train as in masked dense."""
+
+    def make():
+        if case == "a layer with every row dead":
+            torch.manual_seed(0)
+            model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+            structprune_triton.prepare_module(model[0], torch.ones(10, dtype=torch.bool))
+            structprune_triton.prepare_module(model[2], torch.zeros(8, dtype=torch.bool))
+            shape = (4, 6)
+        else:
+            factory, shape, _, _ = MODELS["swiglu, separate masks"]
+            torch.manual_seed(0)
+            model = factory()
+            hidden = model.l0.gate.out_features
+            gate = torch.arange(hidden) % 2 == 0
+            for block in (model.l0, model.l1):
+                structprune_triton.prepare_module(block.gate, gate.clone())
+                structprune_triton.prepare_module(block.up, ~gate)
+        return model, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1), shape
+
+    (dm, do, shape), (cm, co, _) = make(), make()
+    xs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    want = train_steps(dm, None, do, xs, change=False)
+    with compact_training(cm, co):
+        got = train_steps(cm, None, co, xs, change=False)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), **TOL)
+    assert_models_equal(dm, cm)
+    assert_optimizers_equal(do, co)

@@ -25,7 +25,7 @@ def is_channels_last(t: Tensor) -> bool:
 
 def _take(t: Tensor, dim: int, idx: Tensor) -> Tensor:
     dim = dim % t.dim()
-    if dim == t.dim() - 1 and t.dim() > 2:
+    if dim == t.dim() - 1 and t.dim() > 2 and t.numel() > 0:
         return t.reshape(-1, t.shape[-1]).index_select(1, idx).view(*t.shape[:-1], idx.shape[0])
     return t.index_select(dim, idx)
 
@@ -33,6 +33,8 @@ def _take(t: Tensor, dim: int, idx: Tensor) -> Tensor:
 def _into_zeros(src: Tensor, dim: int, idx: Tensor, shape: list[int], memory_format: torch.memory_format) -> Tensor:
     dim = dim % src.dim()
     out = torch.empty(shape, dtype=src.dtype, device=src.device, memory_format=memory_format).zero_()
+    if src.numel() == 0:  # nothing to place (no live entry, or an empty batch)
+        return out
     if dim == src.dim() - 1 and out.is_contiguous():
         flat = src.reshape(-1, src.shape[-1])
         out.view(-1, shape[-1]).scatter_(1, idx.expand(flat.shape[0], idx.shape[0]), flat)
