@@ -51,6 +51,7 @@ from torch.ao.pruning._experimental.pruner.match_utils import apply_match
 from torch.ao.pruning.sparsifier.utils import get_arg_info_from_tensor_fqn
 from torch.fx import symbolic_trace
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 from .graph.norms import attach_norms, squash_norms
 from .graph.prune import plan_prune
@@ -129,6 +130,7 @@ class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
         graph is checked first and the shapes upstream's patterns do not cover are shrunk, then
         upstream's patterns run; a masked layer neither covers raises ``RuntimeError`` (naming it and
         the op in the way) before anything changes. Returns upstream's traced ``GraphModule``."""
+        _check_some_channel_live(self.groups)
         overridden = _forward_overrides(self.model)
         traced = symbolic_trace(self.model)
         modules = dict(traced.named_modules())
@@ -206,6 +208,25 @@ class BaseStructuredSparsifier(_upstream.BaseStructuredSparsifier):
         self.state.update(states)
         self.groups = groups
         attach_norms(self.model, attached, stacklevel=2)
+
+
+def _check_some_channel_live(groups: list[dict[str, Any]]) -> None:
+    """Raise ``RuntimeError`` if ``prune()`` would leave a convolution, or a BatchNorm masked with
+    ``prune_norm``, with no channel: torch cannot run those (an ``nn.Linear`` with no output is
+    fine, and is pruned as upstream does)."""
+    for config in groups:
+        module = config["module"]
+        param = _first_structured_param(module, config["tensor_name"])
+        if param is None or not isinstance(param.mask, torch.Tensor) or bool(param.mask.any()):
+            continue
+        if isinstance(module, nn.Conv2d) or config.get("prune_norm", False):
+            what = "convolution" if isinstance(module, nn.Conv2d) else "BatchNorm it feeds (prune_norm)"
+            raise RuntimeError(
+                f"prune(): every output channel of {type_before_parametrizations(module).__name__} "
+                f"'{config['module_fqn']}' is masked; "
+                f"torch cannot run a {what} with no channels. Keep at least one channel live "
+                "(a sparsity_level below 1.0)"
+            )
 
 
 def _parameters_state(module: nn.Module) -> tuple[bool, set[int]]:

@@ -217,6 +217,39 @@ def test_prune_norm_off_gives_a_clear_error_upstream_a_bare_one() -> None:
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("name", ["resnet", "linear-batchnorm"])
+def test_no_live_channel_left_is_a_clear_error(name: str) -> None:
+    """Every channel of a convolution (or of a Linear whose BatchNorm is masked with it) masked:
+    prune() says so before changing anything (torch cannot run the result; upstream's prune()
+    returns it and the forward fails in torch)."""
+    model, pruner, _ = prepared(name)
+    layer = pruner.groups[0]["module"]
+    layer.parametrizations.weight[0].mask.fill_(False)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(RuntimeError, match=rf"every output channel of \w+ '{pruner.groups[0]['module_fqn']}'"):
+        pruner.prune()
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_linear_with_no_live_row_prunes_as_upstream() -> None:
+    """An nn.Linear with every row masked prunes to zero outputs, as upstream's prune() does."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(4, 6)
+    outs = []
+    for cls in (ours.SaliencyPruner, up.SaliencyPruner):
+        model = copy.deepcopy(base)
+        pruner = cls({"sparsity_level": 0.5})
+        pruner.prepare(model, [{"tensor_fqn": "0.weight"}])
+        model[0].parametrizations.weight[0].mask.fill_(False)
+        pruned = pruner.prune()
+        assert pruned.get_submodule("0").out_features == 0
+        with torch.no_grad():
+            outs.append(pruned(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+
+
 class PrunedResidual(nn.Module):
     """A pruned layer whose output is added to a tensor from elsewhere (the residual stream)."""
 
