@@ -261,13 +261,28 @@ def test_resnet_as_users_train_it(how: str) -> None:
         torch.testing.assert_close(b, a, **TOL, msg=name)
 
 
-@pytest.mark.parametrize("case", ["a layer with every row dead", "gate and up with no live row in common"])
+NOTHING_LIVE = [
+    "a layer with every row dead",
+    "a convolution with every channel dead",
+    "gate and up with no live row in common",
+]
+
+
+@pytest.mark.parametrize("case", NOTHING_LIVE)
 def test_nothing_live(case: str) -> None:
-    """A layer with no live row, and a down projection with no live input column (gate and up
-    masked on disjoint rows: every product channel is zero), train as in masked dense."""
+    """A layer with no live row (a Linear; a convolution, which torch cannot run with no channels,
+    and the next one with no live input channel), and a down projection with no live input column
+    (gate and up masked on disjoint rows: every product channel is zero), train as in masked dense."""
 
     def make():
-        if case == "a layer with every row dead":
+        if case == "a convolution with every channel dead":
+            torch.manual_seed(0)
+            model = nn.Sequential(
+                nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.ReLU(), nn.Conv2d(6, 4, 3, padding=1), nn.ReLU()
+            )
+            structprune_triton.prepare_module(model[0], torch.zeros(6, dtype=torch.bool))
+            shape = (2, 3, 5, 5)
+        elif case == "a layer with every row dead":
             torch.manual_seed(0)
             model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
             structprune_triton.prepare_module(model[0], torch.ones(10, dtype=torch.bool))

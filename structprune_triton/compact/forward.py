@@ -80,6 +80,11 @@ class CompactForward:
             live = self.live_inputs()
             if live.shape == self.weight().shape[1:2] and not bool(live.all()):
                 cols = live.nonzero().flatten()
+        if not self.is_linear:
+            # torch runs no convolution with 0 output or input channels: keep one dead one, which
+            # stays exact (its output is masked to zero, its input is zero: its gradient is zero)
+            rows = rows if rows is None or rows.numel() else rows.new_zeros(1)
+            cols = cols if cols is None or cols.numel() else cols.new_zeros(1)
         return rows, cols
 
     def set_piece(self, piece: Piece | None) -> None:
