@@ -15,6 +15,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import nn
 from torch.func import functional_call, jvp, vmap
+from torch.nn.utils.parametrize import type_before_parametrizations
 
 import structprune_triton
 from structprune_triton import compact_training
@@ -50,23 +51,32 @@ def pieces(model: nn.Module) -> dict[str, str]:
     }
 
 
-def check_against_dense(name: str, opt_name: str, change: bool) -> dict[str, str]:
+def check_against_dense(name: str, opt_name: str, change: bool) -> tuple[dict[str, str], list[str]]:
+    """Train ``name`` inside the block and masked dense; everything equal. Returns what each layer
+    trains and, per active compact hand-off, its steps (e.g. "BatchNorm2d, fn")."""
     dense, compact = prepared(name, opt_name), prepared(name, opt_name)
     xs = inputs(name)
     dense_losses = train_steps(*dense, xs, change=change)
-    with compact_training(compact[0], compact[2]):
+    with compact_training(compact[0], compact[2]) as ctx:
         shapes = pieces(compact[0])
+        handoffs = [
+            ", ".join("fn" if m is None else type_before_parametrizations(m).__name__ for m in segment.steps)
+            for segment in ctx.segments
+            if segment.active
+        ]
         compact_losses = train_steps(*compact, xs, change=change)
     torch.testing.assert_close(torch.stack(compact_losses), torch.stack(dense_losses), **TOL)
     assert_models_equal(dense[0], compact[0])
     assert_optimizers_equal(dense[2], compact[2])
+    for (buffer, a), b in zip(dense[0].named_buffers(), compact[0].buffers(), strict=True):
+        torch.testing.assert_close(b, a, **TOL, msg=buffer)  # BatchNorm running statistics
     x = inputs(name, 1)[0]
     pruned_dense, pruned_compact = dense[1].prune(), compact[1].prune()
     assert_models_equal(pruned_dense, pruned_compact)
     pruned_dense.eval(), pruned_compact.eval()
     with torch.no_grad():
         torch.testing.assert_close(pruned_compact(x), pruned_dense(x), **TOL)
-    return shapes
+    return shapes, handoffs
 
 
 # the live blocks each architecture must train (rows and input columns), at half the rows dead
@@ -94,10 +104,12 @@ EXPECTED = {
 def test_architectures_match_masked_dense(name: str) -> None:
     """Every architecture shape, SGD with Nesterov momentum and weight decay, a pruner step in the
     middle: exact as masked dense, and prune() gives the same model."""
-    shapes = check_against_dense(name, "sgd-nesterov", change=True)
+    shapes, handoffs = check_against_dense(name, "sgd-nesterov", change=True)
     assert shapes, "nothing was compacted"
     for layer, piece in EXPECTED.get(name, {}).items():
         assert shapes[layer] == piece, layer
+    if name == "resnet":  # conv1 -> BatchNorm2d -> F.relu -> conv2, in each block
+        assert handoffs == ["BatchNorm2d, fn", "BatchNorm2d, fn"]
 
 
 @pytest.mark.parametrize("name", ["resnet", "swiglu, separate masks"])
@@ -413,3 +425,54 @@ def test_random_training_runs_in_float64(seed: int) -> None:
     for k, state in state_a.items():
         for key, value in state.items():
             torch.testing.assert_close(state_b[k][key], value, **tol, msg=f"{k}/{key}")
+
+
+class TorchvisionStyle(nn.Module):
+    """A torchvision-style basic block: ``nn.ReLU(inplace=True)`` modules (one used twice, as
+    torchvision does, or one per use)."""
+
+    def __init__(self, shared_relu: bool) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(8, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        self.relu2 = self.relu if shared_relu else nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(16, 8, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)) + x)
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(out, 1), 1))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("shared_relu", [False, True])
+def test_torchvision_style_block(shared_relu: bool, momentum: float | None) -> None:
+    """Module ReLUs, in place: one per use (a hand-off step) or one called twice (not a step: the
+    activations stay dense-shaped); a BatchNorm with a running-average momentum or cumulative
+    averages (``momentum=None``). Exact as masked dense, running statistics included."""
+
+    def make():
+        torch.manual_seed(0)
+        model = randomize_norms(TorchvisionStyle(shared_relu))
+        model.bn1.momentum = momentum
+        pruner = SaliencyPruner({"sparsity_level": 0.5, "prune_norm": True})
+        pruner.prepare(model, [{"tensor_fqn": "conv1.weight"}])
+        pruner.step()
+        return model, pruner, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
+
+    (dm, dp, do), (cm, cp, co) = make(), make()
+    xs = [torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    want = train_steps(dm, dp, do, xs, change=True)
+    with compact_training(cm, co) as ctx:
+        assert [s.active for s in ctx.segments] == ([] if shared_relu else [True])
+        got = train_steps(cm, cp, co, xs, change=True)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), **TOL)
+    assert_models_equal(dm, cm)
+    assert_optimizers_equal(do, co)
+    for (name, a), b in zip(dm.named_buffers(), cm.buffers(), strict=True):
+        torch.testing.assert_close(b, a, **TOL, msg=name)

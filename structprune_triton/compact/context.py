@@ -243,7 +243,7 @@ class CompactTraining:
             self.check()
             self.in_root = True
             for segment in self.segments:
-                segment.in_flight = None
+                segment.reset()
 
     def _after_forward(self, module: nn.Module, args: Any, output: Any) -> None:
         if torch.compiler.is_compiling():
@@ -251,7 +251,7 @@ class CompactTraining:
         self.in_root = False
         lost = any(segment.in_flight is not None for segment in self.segments)
         for segment in self.segments:
-            segment.in_flight = None
+            segment.reset()
         if lost and sys.exc_info()[0] is None:  # (with an exception in flight the forward failed anyway)
             raise RuntimeError(LOST)
 

@@ -1,20 +1,26 @@
 """Compact activations between two compacted layers: the producer hands its live channels to the
 consumer without ever building the dense-shaped tensor.
 
-A segment is ``producer -> m1 -> ... -> mk -> consumer`` in the model's ``torch.fx`` graph where
+A segment is ``producer -> s1 -> ... -> sk -> consumer`` in the model's ``torch.fx`` graph where
 the producer is a compacted masked layer, the consumer a layer compacted to exactly the producer's
-live channels as input columns, and every ``mi`` a module of a few exact ``torch.nn`` types that
-treat channels independently (activations, pooling of a convolution's output, one final Flatten
-of it), each node with a single user. Dropout is excluded (its random numbers depend on the shape).
+live channels as input columns, and every step ``si`` treats channels independently, each node
+with a single user: a module of a few exact ``torch.nn`` types (activations, pooling of a
+convolution's output, a BatchNorm2d between two convolutions, one final Flatten of a convolution's
+output), or an element-wise function or method with constant other arguments (``F.relu(x)``,
+``x.relu()``, ``x * 2``). Dropout is excluded (its random numbers depend on the shape). A
+BatchNorm computes on the live channels and updates the running statistics of the others as it
+would have for their input, which is exactly zero (the running mean and variance decay).
 
 At run time the hand-off is checked by identity, so the model must really run as traced: the
 producer emits its compact output (with the pruned bias added, as the bias hook would) only inside
 a call of the root model (not for a submodule called on its own) and when no hook other than the
-bias hook watches it; each ``mi`` (an instance ``forward`` that otherwise calls the class's) passes
-the compact tensor on only if it is exactly the one in flight; the consumer takes it only if it is
-exactly the last one. Anything else (a different path at run time, a hook added since) raises
-instead of computing on the wrong shape, and a hand-off that never reached its consumer is caught
-when the root forward returns. Compiled graphs keep the dense-shaped activations.
+bias hook watches it; each module step (an instance ``forward`` that otherwise calls the class's)
+passes the compact tensor on only if it is exactly the one in flight; each function step is
+followed by a ``TorchFunctionMode`` that is active only while a compact tensor is in flight; the
+consumer takes it only if it is exactly the last one, after exactly the traced steps. Anything
+else (a different path at run time, a hook added since) raises instead of computing on the wrong
+shape, and a hand-off that never reached its consumer is caught when the root forward returns.
+Compiled graphs keep the dense-shaped activations.
 """
 
 from __future__ import annotations
@@ -23,11 +29,15 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, fx, nn
 from torch.nn.modules import module as _module_hooks
+from torch.nn.utils.parametrize import type_before_parametrizations
+from torch.overrides import TorchFunctionMode
 
-from ..graph.zeros import ELEMENTWISE_MODULES
+from ..graph.zeros import DROPOUT_FUNCTIONS, ELEMENTWISE_MODULES, elementwise_call
 from ..parametrization import BiasHook
+from .blocks import complement
 
 if TYPE_CHECKING:
     from .forward import CompactForward
@@ -48,14 +58,19 @@ LOST = (
 
 
 class Segment:
-    """One producer-to-consumer hand-off; ``active`` when both are compacted to the same channels."""
+    """One producer-to-consumer hand-off; ``active`` when both are compacted to the same channels.
+    ``steps`` are the traced steps between them: a module, or None for a function step."""
 
-    def __init__(self, producer: CompactForward, modules: list[nn.Module], consumer: CompactForward) -> None:
-        self.producer, self.modules, self.consumer = producer, modules, consumer
+    def __init__(self, producer: CompactForward, steps: list[nn.Module | None], consumer: CompactForward) -> None:
+        self.producer, self.steps, self.consumer = producer, steps, consumer
+        self.modules = [m for m in steps if m is not None]
         self.active = False
         self.in_flight: Tensor | None = None
-        self.stage = 0  # how many of ``modules`` the tensor in flight has passed
-        self.passes = [_Pass(self, i, m) for i, m in enumerate(modules)]
+        self.stage = 0  # how many of ``steps`` the tensor in flight has passed
+        self.quiet = False  # inside a module step: its own function calls are not steps
+        self.passes = [_Pass(self, i, m) for i, m in enumerate(steps) if m is not None]
+        self.follow = _Follow(self) if any(m is None for m in steps) else None
+        self.following = False
         self.hooks: dict[int, Any] = {}  # producer's bias hooks replaced by _BiasPass, by key
 
     def install(self) -> None:
@@ -67,6 +82,7 @@ class Segment:
             hooks[key] = _BiasPass(self, hook)
 
     def uninstall(self) -> None:
+        self.reset()
         for p in self.passes:
             if p.module.__dict__.get("forward") is p:
                 del p.module.__dict__["forward"]
@@ -98,31 +114,98 @@ class Segment:
         if self.in_flight is not None:
             raise RuntimeError(LOST)
         self.in_flight, self.stage = y, 0
+        if self.follow is not None:
+            self.follow.__enter__()
+            self.following = True
         return y
 
     def take(self, x: Tensor) -> bool:
         """Whether the consumer's input ``x`` is the compact tensor in flight (raises if another is)."""
         if self.in_flight is None:
             return False
-        if x is not self.in_flight or self.stage != len(self.modules) or not self.active:
+        if x is not self.in_flight or self.stage != len(self.steps) or not self.active:
             raise RuntimeError(LOST)
-        self.in_flight = None
+        self.reset()
         return True
+
+    def reset(self) -> None:
+        """Nothing in flight (and the function steps no longer followed)."""
+        self.in_flight = None
+        if self.following:
+            self.following = False
+            self.follow.__exit__(None, None, None)
+
+    def passed(self, index: int, x: Any, out: Any) -> None:
+        """Step ``index`` turned ``x`` into ``out``: if ``x`` was the tensor in flight, ``out`` is."""
+        if self.in_flight is not None and self.stage == index and x is self.in_flight:
+            self.in_flight, self.stage = out, index + 1
 
 
 class _Pass:
-    """Instance ``forward`` of a module inside a segment: the class's forward, which for the tensor
-    in flight moves the hand-off on."""
+    """Instance ``forward`` of a module step: the class's forward (a BatchNorm's on the live
+    channels for the tensor in flight), which moves the hand-off on."""
 
     def __init__(self, segment: Segment, index: int, module: nn.Module) -> None:
         self.segment, self.index, self.module = segment, index, module
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = type(self.module).forward(self.module, *args, **kwargs)
         seg = self.segment
-        if seg.in_flight is not None and seg.stage == self.index and len(args) == 1 and args[0] is seg.in_flight:
-            seg.in_flight, seg.stage = out, self.index + 1
+        x = args[0] if len(args) == 1 and not kwargs else None
+        flying = x is not None and x is seg.in_flight and seg.stage == self.index
+        seg.quiet = True
+        try:
+            if flying and isinstance(self.module, nn.BatchNorm2d):
+                out = _live_batch_norm(self.module, x, seg.producer.piece.rows)
+            else:
+                out = type(self.module).forward(self.module, *args, **kwargs)
+        finally:
+            seg.quiet = False
+        if flying:
+            seg.passed(self.index, x, out)
         return out
+
+
+class _Follow(TorchFunctionMode):
+    """Active while a segment with function steps has a tensor in flight: a torch function (or
+    tensor method) called on that tensor outside a module step is the next step."""
+
+    def __init__(self, segment: Segment) -> None:
+        super().__init__()
+        self.segment = segment
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        seg = self.segment
+        t = seg.in_flight
+        if t is not None and not seg.quiet and isinstance(out, Tensor):
+            if any(a is t for a in args) or any(v is t for v in kwargs.values()):
+                seg.in_flight, seg.stage = out, seg.stage + 1
+        return out
+
+
+def _live_batch_norm(bn: nn.BatchNorm2d, x: Tensor, rows: Tensor) -> Tensor:
+    """``bn`` on the channels ``rows`` of its input (``x`` holds only those), the other channels'
+    input being exactly zero: as ``_BatchNorm.forward`` on the dense tensor, whose running mean and
+    variance of those channels then decay towards the zero batch statistics."""
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    use_batch = bn.training or (bn.running_mean is None and bn.running_var is None)
+    stats = bn.running_mean is not None and (not bn.training or bn.track_running_stats)
+    mean = bn.running_mean.index_select(0, rows) if stats else None
+    var = bn.running_var.index_select(0, rows) if stats else None
+    weight = bn.weight.index_select(0, rows) if bn.weight is not None else None
+    bias = bn.bias.index_select(0, rows) if bn.bias is not None else None
+    out = F.batch_norm(x, mean, var, weight, bias, use_batch, factor, bn.eps)
+    if stats and use_batch:  # F.batch_norm updated the live channels' copies; the others decay
+        with torch.no_grad():
+            dead = complement(rows, bn.running_mean.shape[0])
+            for full, live in ((bn.running_mean, mean), (bn.running_var, var)):
+                full.index_copy_(0, rows, live)
+                full.index_copy_(0, dead, full.index_select(0, dead) * (1.0 - factor))
+    return out
 
 
 class _BiasPass:
@@ -143,9 +226,20 @@ def _kind(module: nn.Module) -> str | None:
         return "elementwise"
     if type(module) in _POOL and not getattr(module, "return_indices", False):
         return "pool"
+    if type_before_parametrizations(module) is nn.BatchNorm2d:  # prune_norm parametrizes it
+        return "norm"
     if type(module) is nn.Flatten and module.start_dim == 1 and module.end_dim == -1:
         return "flatten"
     return None
+
+
+def _function_step(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The input of a call of an element-wise function or method (not dropout), or None."""
+    if node.op not in ("call_function", "call_method") or node.target in DROPOUT_FUNCTIONS:
+        return None
+    if node.op == "call_method" and node.target.startswith("dropout"):
+        return None
+    return elementwise_call(node, modules)
 
 
 def find_segments(model: nn.Module, layers: dict[nn.Module, CompactForward]) -> list[Segment]:
@@ -161,38 +255,48 @@ def find_segments(model: nn.Module, layers: dict[nn.Module, CompactForward]) -> 
         consumer = layers.get(modules.get(node.target)) if node.op == "call_module" else None
         if consumer is None or consumer.live_inputs is None or calls[node.target] != 1:
             continue
-        path, cur = [], node.args[0] if len(node.args) == 1 and not node.kwargs else None
-        while isinstance(cur, fx.Node) and cur.op == "call_module" and len(cur.users) == 1:
-            if len(cur.args) != 1 or cur.kwargs:
-                break
-            module = modules[cur.target]
-            producer = layers.get(module)
-            if producer is not None:
-                segment = _segment(producer, [modules[n.target] for n in reversed(path)], consumer, calls[cur.target])
-                if segment is not None and not used & {id(m) for m in segment.modules}:
-                    used |= {id(m) for m in segment.modules}
-                    found.append(segment)
-                break
-            if _kind(module) is None or module.__dict__.get("forward") is not None:
+        path: list[fx.Node] = []
+        cur = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        while isinstance(cur, fx.Node) and len(cur.users) == 1:
+            if cur.op == "call_module":
+                if len(cur.args) != 1 or cur.kwargs:
+                    break
+                module = modules[cur.target]
+                producer = layers.get(module)
+                if producer is not None:
+                    steps = [modules[n.target] if n.op == "call_module" else None for n in reversed(path)]
+                    segment = _segment(producer, steps, consumer, calls[cur.target])
+                    if segment is not None and not used & {id(m) for m in segment.modules}:
+                        used |= {id(m) for m in segment.modules}
+                        found.append(segment)
+                    break
+                if _kind(module) is None or module.__dict__.get("forward") is not None or calls[cur.target] != 1:
+                    break
+                path.append(cur)
+                cur = cur.args[0]
+                continue
+            before = _function_step(cur, modules)
+            if before is None:
                 break
             path.append(cur)
-            cur = cur.args[0]
+            cur = before
     return found
 
 
-def _segment(producer: CompactForward, modules: list[nn.Module], consumer: CompactForward, calls: int):
+def _segment(producer: CompactForward, steps: list[nn.Module | None], consumer: CompactForward, calls: int):
     if calls != 1 or not producer.structured:
         return None
     hooks = list(producer.module._forward_hooks.values())
     has_bias = getattr(producer.module, "_bias", None) is not None
     if len(hooks) > 1 or any(not isinstance(h, BiasHook) or (has_bias and not h.prune_bias) for h in hooks):
         return None
-    kinds = [_kind(m) for m in modules]
+    kinds = [_kind(m) if m is not None else "elementwise" for m in steps]
     if producer.is_linear:
         ok = consumer.is_linear and all(k == "elementwise" for k in kinds)
     elif "flatten" in kinds:
         after = kinds[kinds.index("flatten") + 1 :]
         ok = consumer.is_linear and kinds.count("flatten") == 1 and all(k == "elementwise" for k in after)
+        ok = ok and "norm" not in kinds[kinds.index("flatten") :]
     else:
         ok = not consumer.is_linear
-    return Segment(producer, modules, consumer) if ok else None
+    return Segment(producer, steps, consumer) if ok else None

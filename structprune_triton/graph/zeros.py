@@ -18,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-__all__ = ["ELEMENTWISE_MODULES", "elementwise_call", "is_constant", "keeps_zero", "may_mutate", "mutates_keeping_zero"]
+__all__ = [
+    "DROPOUT_FUNCTIONS",
+    "ELEMENTWISE_MODULES",
+    "elementwise_call",
+    "is_constant",
+    "keeps_zero",
+    "may_mutate",
+    "mutates_keeping_zero",
+]
 
 # Element-wise modules (whether they keep zero is evaluated). Dropout multiplies by a random mask.
 ELEMENTWISE_MODULES = (
@@ -90,7 +98,7 @@ _ELEMENTWISE_FUNCTIONS: set[Callable] = {
     operator.pos,
     operator.abs,
 }
-_DROPOUT_FUNCTIONS: set[Callable] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
+DROPOUT_FUNCTIONS: set[Callable] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d}
 _ELEMENTWISE_METHODS = {
     "relu",
     "relu_",
@@ -182,7 +190,7 @@ def keeps_zero(node: fx.Node, modules: dict[str, nn.Module], channels: int) -> b
             return True
         dtype, device = _probe_dtype(module)
         return _is_zero(module, channels, dtype, device)
-    if node.target in _DROPOUT_FUNCTIONS:
+    if node.target in DROPOUT_FUNCTIONS:
         return True
     fn = node.target if node.op == "call_function" else getattr(torch.Tensor, node.target)
     pos = next(i for i, a in enumerate(node.args) if isinstance(a, fx.Node))
@@ -209,7 +217,7 @@ def elementwise_call(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | 
     if len(tensors) != 1 or not all(is_constant(a) for a in (*node.args, *node.kwargs.values()) if a is not tensors[0]):
         return None
     if node.op == "call_function":
-        ok = node.target in _ELEMENTWISE_FUNCTIONS or node.target in _DROPOUT_FUNCTIONS or node.target in ARITHMETIC
+        ok = node.target in _ELEMENTWISE_FUNCTIONS or node.target in DROPOUT_FUNCTIONS or node.target in ARITHMETIC
     elif node.op == "call_method":
         ok = node.target in _ELEMENTWISE_METHODS or node.target in ARITHMETIC_METHODS
         ok = ok and node.args[0] is tensors[0]
