@@ -476,3 +476,37 @@ def test_torchvision_style_block(shared_relu: bool, momentum: float | None) -> N
     assert_optimizers_equal(do, co)
     for (name, a), b in zip(dm.named_buffers(), cm.buffers(), strict=True):
         torch.testing.assert_close(b, a, **TOL, msg=name)
+
+
+class TwoBranches(nn.Module):
+    """Two hand-offs in flight at once, each through a function step, in crossed order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1, self.a2 = nn.Linear(6, 12), nn.Linear(12, 4)
+        self.b1, self.b2 = nn.Linear(6, 10), nn.Linear(10, 4)
+
+    def forward(self, x):
+        ha, hb = self.a1(x), self.b1(x)
+        a = self.a2(torch.relu(ha))
+        return a + self.b2(torch.tanh(hb))
+
+
+def test_two_hand_offs_in_flight_at_once() -> None:
+    def make():
+        torch.manual_seed(0)
+        model = TwoBranches()
+        pruner = SaliencyPruner({"sparsity_level": 0.5})
+        pruner.prepare(model, [{"tensor_fqn": "a1.weight"}, {"tensor_fqn": "b1.weight"}])
+        pruner.step()
+        return model, pruner, torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+
+    (dm, dp, do), (cm, cp, co) = make(), make()
+    xs = [torch.randn(5, 6, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    want = train_steps(dm, dp, do, xs, change=True)
+    with compact_training(cm, co) as ctx:
+        assert [s.active for s in ctx.segments] == [True, True]
+        got = train_steps(cm, cp, co, xs, change=True)
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), **TOL)
+    assert_models_equal(dm, cm)
+    assert_optimizers_equal(do, co)

@@ -61,7 +61,9 @@ class Segment:
     """One producer-to-consumer hand-off; ``active`` when both are compacted to the same channels.
     ``steps`` are the traced steps between them: a module, or None for a function step."""
 
-    def __init__(self, producer: CompactForward, steps: list[nn.Module | None], consumer: CompactForward) -> None:
+    def __init__(
+        self, producer: CompactForward, steps: list[nn.Module | None], consumer: CompactForward, follower: _Follower
+    ) -> None:
         self.producer, self.steps, self.consumer = producer, steps, consumer
         self.modules = [m for m in steps if m is not None]
         self.active = False
@@ -69,8 +71,7 @@ class Segment:
         self.stage = 0  # how many of ``steps`` the tensor in flight has passed
         self.quiet = False  # inside a module step: its own function calls are not steps
         self.passes = [_Pass(self, i, m) for i, m in enumerate(steps) if m is not None]
-        self.follow = _Follow(self) if any(m is None for m in steps) else None
-        self.following = False
+        self.follower = follower if any(m is None for m in steps) else None  # function steps
         self.hooks: dict[int, Any] = {}  # producer's bias hooks replaced by _BiasPass, by key
 
     def install(self) -> None:
@@ -114,9 +115,8 @@ class Segment:
         if self.in_flight is not None:
             raise RuntimeError(LOST)
         self.in_flight, self.stage = y, 0
-        if self.follow is not None:
-            self.follow.__enter__()
-            self.following = True
+        if self.follower is not None:
+            self.follower.add(self)
         return y
 
     def take(self, x: Tensor) -> bool:
@@ -131,9 +131,8 @@ class Segment:
     def reset(self) -> None:
         """Nothing in flight (and the function steps no longer followed)."""
         self.in_flight = None
-        if self.following:
-            self.following = False
-            self.follow.__exit__(None, None, None)
+        if self.follower is not None:
+            self.follower.discard(self)
 
     def passed(self, index: int, x: Any, out: Any) -> None:
         """Step ``index`` turned ``x`` into ``out``: if ``x`` was the tensor in flight, ``out`` is."""
@@ -165,22 +164,36 @@ class _Pass:
         return out
 
 
-class _Follow(TorchFunctionMode):
-    """Active while a segment with function steps has a tensor in flight: a torch function (or
-    tensor method) called on that tensor outside a module step is the next step."""
+class _Follower(TorchFunctionMode):
+    """One per model: active while a segment with function steps has a tensor in flight (entered
+    and left with the first and last such segment, so several in flight at once keep the mode
+    stack in order). A torch function (or tensor method) called on a tensor in flight outside a
+    module step of its segment is that segment's next step."""
 
-    def __init__(self, segment: Segment) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.segment = segment
+        self.segments: list[Segment] = []
+
+    def add(self, segment: Segment) -> None:
+        if not self.segments:
+            self.__enter__()
+        self.segments.append(segment)
+
+    def discard(self, segment: Segment) -> None:
+        if any(s is segment for s in self.segments):
+            self.segments = [s for s in self.segments if s is not segment]
+            if not self.segments:
+                self.__exit__(None, None, None)
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        seg = self.segment
-        t = seg.in_flight
-        if t is not None and not seg.quiet and isinstance(out, Tensor):
-            if any(a is t for a in args) or any(v is t for v in kwargs.values()):
-                seg.in_flight, seg.stage = out, seg.stage + 1
+        if isinstance(out, Tensor):
+            inputs = (*args, *kwargs.values())
+            for seg in self.segments:
+                t = seg.in_flight
+                if t is not None and not seg.quiet and any(a is t for a in inputs):
+                    seg.in_flight, seg.stage = out, seg.stage + 1
         return out
 
 
@@ -250,7 +263,7 @@ def find_segments(model: nn.Module, layers: dict[nn.Module, CompactForward]) -> 
         return []
     modules = dict(model.named_modules())
     calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
-    found, used = [], set()
+    found, used, follower = [], set(), _Follower()
     for node in graph.nodes:
         consumer = layers.get(modules.get(node.target)) if node.op == "call_module" else None
         if consumer is None or consumer.live_inputs is None or calls[node.target] != 1:
@@ -265,7 +278,7 @@ def find_segments(model: nn.Module, layers: dict[nn.Module, CompactForward]) -> 
                 producer = layers.get(module)
                 if producer is not None:
                     steps = [modules[n.target] if n.op == "call_module" else None for n in reversed(path)]
-                    segment = _segment(producer, steps, consumer, calls[cur.target])
+                    segment = _segment(producer, steps, consumer, calls[cur.target], follower)
                     if segment is not None and not used & {id(m) for m in segment.modules}:
                         used |= {id(m) for m in segment.modules}
                         found.append(segment)
@@ -283,7 +296,9 @@ def find_segments(model: nn.Module, layers: dict[nn.Module, CompactForward]) -> 
     return found
 
 
-def _segment(producer: CompactForward, steps: list[nn.Module | None], consumer: CompactForward, calls: int):
+def _segment(
+    producer: CompactForward, steps: list[nn.Module | None], consumer: CompactForward, calls: int, follower: _Follower
+) -> Segment | None:
     if calls != 1 or not producer.structured:
         return None
     hooks = list(producer.module._forward_hooks.values())
@@ -299,4 +314,4 @@ def _segment(producer: CompactForward, steps: list[nn.Module | None], consumer: 
         ok = ok and "norm" not in kinds[kinds.index("flatten") :]
     else:
         ok = not consumer.is_linear
-    return Segment(producer, steps, consumer) if ok else None
+    return Segment(producer, steps, consumer, follower) if ok else None
