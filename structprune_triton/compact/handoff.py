@@ -134,10 +134,9 @@ class Segment:
         if self.follower is not None:
             self.follower.discard(self)
 
-    def passed(self, index: int, x: Any, out: Any) -> None:
-        """Step ``index`` turned ``x`` into ``out``: if ``x`` was the tensor in flight, ``out`` is."""
-        if self.in_flight is not None and self.stage == index and x is self.in_flight:
-            self.in_flight, self.stage = out, index + 1
+    def advance(self, out: Tensor) -> None:
+        """The tensor in flight went through the next step, which gave ``out``."""
+        self.in_flight, self.stage = out, self.stage + 1
 
 
 class _Pass:
@@ -160,7 +159,7 @@ class _Pass:
         finally:
             seg.quiet = False
         if flying:
-            seg.passed(self.index, x, out)
+            seg.advance(out)
         return out
 
 
@@ -193,7 +192,7 @@ class _Follower(TorchFunctionMode):
             for seg in self.segments:
                 t = seg.in_flight
                 if t is not None and not seg.quiet and any(a is t for a in inputs):
-                    seg.in_flight, seg.stage = out, seg.stage + 1
+                    seg.advance(out)
         return out
 
 
@@ -249,8 +248,6 @@ def _kind(module: nn.Module) -> str | None:
 def _function_step(node: fx.Node, modules: dict[str, nn.Module]) -> fx.Node | None:
     """The input of a call of an element-wise function or method (not dropout), or None."""
     if node.op not in ("call_function", "call_method") or node.target in DROPOUT_FUNCTIONS:
-        return None
-    if node.op == "call_method" and node.target.startswith("dropout"):
         return None
     return elementwise_call(node, modules)
 

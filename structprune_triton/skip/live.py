@@ -60,17 +60,9 @@ def skippable_param(module: nn.Module) -> FakeStructuredSparsity | None:
     return p if mask_of(module) is not None else None
 
 
-def _first_param(module: nn.Module) -> nn.Module | None:
-    """The only parametrization of ``module.weight`` (fast dict lookups), or None."""
-    pz = module._modules.get("parametrizations")
-    plist = pz._modules.get("weight") if pz is not None else None
-    if plist is None or len(plist) != 1:
-        return None
-    return plist._modules.get("0")
-
-
 def _weight_param(module: nn.Module) -> nn.Module | None:
-    """The first parametrization of ``module.weight`` (where the pruners put the mask), or None."""
+    """The first parametrization of ``module.weight`` (where the pruners put the mask; fast dict
+    lookups), or None."""
     pz = module._modules.get("parametrizations")
     plist = pz._modules.get("weight") if pz is not None else None
     return plist._modules.get("0") if plist is not None else None
@@ -78,9 +70,8 @@ def _weight_param(module: nn.Module) -> nn.Module | None:
 
 class MaskWatch:
     """Host-side snapshot of a layer's mask (on the first parametrization of its weight): its
-    parametrization and mask objects, the mask's storage
-    address and version counter, and whether the layer has a ``bias``. Comparing costs about a
-    microsecond (dict lookups; no device sync)."""
+    parametrization and mask objects, the mask's storage address and version counter, and whether
+    the layer has a ``bias``. Comparing costs about a microsecond (dict lookups; no device sync)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
